@@ -1,0 +1,47 @@
+"""The library's error hierarchy.
+
+Every error mac-memory raises on purpose derives from :class:`MACError`. Where a builtin exception
+already describes the kind of problem, the specific class inherits it too, so ``except ValueError``
+in user code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class MACError(Exception):
+    """Base class of every error mac-memory raises on purpose."""
+
+
+class ConfigError(MACError, ValueError):
+    """A configuration field holds a value that cannot work; the message names the field."""
+
+
+class DataFormatError(MACError, ValueError):
+    """An input file or record does not follow the document-stream format (message names line and field)."""
+
+
+class EmptyInputError(MACError, ValueError):
+    """A document or question is empty or whitespace only."""
+
+
+class CheckpointError(MACError, OSError):
+    """A checkpoint directory is missing files, is corrupt, or was not written by mac-memory."""
+
+
+class BaseModelMismatchError(MACError, ValueError):
+    """A checkpoint or stored modulation belongs to a different base LM or checkpoint than the one in use."""
+
+
+class MissingDependencyError(MACError, ImportError):
+    """An optional dependency is not installed; the message gives the exact ``pip install`` command."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise :class:`MissingDependencyError` naming the extra to install when ``module`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"This feature needs the optional dependency {module!r}. "
+            f"Install it with: pip install 'mac-memory[{extra}]'"
+        )

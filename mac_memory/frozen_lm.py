@@ -1,0 +1,287 @@
+"""The frozen base LM: any HuggingFace causal LM, loaded once, never updated.
+
+:class:`FrozenLM` runs the three things MAC needs from it, each with an optional per-example prefix:
+
+* :meth:`FrozenLM.read` — the LM's own key/values for a text (what the KV-anchored amortizer compresses);
+* :meth:`FrozenLM.forward` — a training forward with labels (gradients reach the prefix, never the LM);
+* :meth:`FrozenLM.generate` — batched, left-padded greedy or beam-search generation.
+
+Shapes come from the LM's config (layers, key/value heads under grouped-query attention, head size),
+checked against a one-token dry run, never hard-coded. No transformers internals are patched.
+
+Example:
+    >>> lm = FrozenLM.from_pretrained("gpt2")                      # doctest: +SKIP
+    >>> ctx = lm.read(*lm.tokenize(["Paris is in France."]))      # doctest: +SKIP
+    >>> lm.generate(["Question: Where is Paris?\\nAnswer:"], prefix=ctx)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import BaseModelMismatchError, EmptyInputError
+from .prefix import PrefixKV, prefixed_mask, prefixed_positions
+from .prompts import clean_answer, format_qa, format_question
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Config keys that say how a model was loaded or saved, not what it is.
+_VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_commit_hash",
+                         "use_cache", "_attn_implementation_autoset", "output_attentions",
+                         "output_hidden_states", "return_dict"}
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Key/value geometry of a decoder: what a prefix must provide for every layer."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of one layer's keys (or values) for one position: ``num_kv_heads * head_dim``."""
+        return self.num_kv_heads * self.head_dim
+
+
+def kv_layout_from_config(config: Any) -> KVLayout:
+    """Layers, key/value heads (GQA/MQA aware) and head size from a transformers config."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
+    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return KVLayout(int(layers), int(kv_heads), int(head_dim))
+
+
+class FrozenLM:
+    """A causal LM with frozen weights that reads, scores and generates under per-example prefixes."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 name_or_path: str | None = None) -> None:
+        self.model = model.eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token is None:
+            # Causal LMs often ship without a pad token; padded positions are masked out anyway.
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", "") or "<in-memory>"
+        self.layout = self._checked_layout()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, dtype: str = "float32", device: str | None = None,
+                        revision: str | None = None, **model_kwargs: Any) -> FrozenLM:
+        """Load a causal LM and its tokenizer by hub name or local path, then freeze it."""
+        name = str(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=_DTYPES[dtype], **model_kwargs)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), tokenizer, name)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def _checked_layout(self) -> KVLayout:
+        layout = kv_layout_from_config(self.model.config)
+        with torch.no_grad():
+            one = torch.ones(1, 1, dtype=torch.long, device=self.device)
+            out = self.model(input_ids=one * 0, attention_mask=one, use_cache=True)
+        layers = out.past_key_values.layers
+        shapes = {(layer.keys.shape[1], layer.keys.shape[3]) for layer in layers}
+        if len(layers) != layout.num_layers or shapes != {(layout.num_kv_heads, layout.head_dim)}:
+            raise BaseModelMismatchError(
+                f"{self.name_or_path}: its cache has {len(layers)} layers with (kv_heads, head_dim) {shapes}, "
+                f"but its config says {layout}. Models with heterogeneous layers are not supported."
+            )
+        return layout
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the LM it was trained for: name, config and a weight signature."""
+        config = {k: v for k, v in self.model.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+        config_json = json.dumps(config, sort_keys=True, default=str)
+        return {
+            "name_or_path": self.name_or_path,
+            "model_type": self.model.config.model_type,
+            "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
+            "config": json.loads(config_json),
+            "weights_signature": weight_signature(self.model),
+        }
+
+    def check_identity(self, recorded: dict[str, Any], what: str = "This checkpoint") -> None:
+        """Raise :class:`BaseModelMismatchError` unless ``recorded`` describes this very LM."""
+        mine = self.identity()
+        if recorded.get("config_sha256") != mine["config_sha256"]:
+            theirs = recorded.get("config", {})
+            diff = sorted(k for k in set(theirs) | set(mine["config"]) if theirs.get(k) != mine["config"].get(k))
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} vs {mine['config'].get(k)!r}" for k in diff[:5])
+            raise BaseModelMismatchError(
+                f"{what} was made for base LM {recorded.get('name_or_path')!r}, but the loaded base LM "
+                f"{self.name_or_path!r} has a different config ({shown}). Load the base LM it was trained "
+                "for, or train/reindex for this one."
+            )
+        if not signatures_match(recorded.get("weights_signature", {}), mine["weights_signature"]):
+            raise BaseModelMismatchError(
+                f"{what} was made for base LM {recorded.get('name_or_path')!r}; {self.name_or_path!r} has "
+                "the same architecture but different weights. Load the base LM it was trained for."
+            )
+
+    # ------------------------------------------------------------------ tokenization
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None,
+                 add_eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``(input_ids, attention_mask)``; empty texts are refused."""
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} must be a str, got {type(text).__name__}.")
+            if not text.strip():
+                raise EmptyInputError(f"text {i} is empty or whitespace only; give it some content.")
+        if add_eos:
+            texts = [t + self.tokenizer.eos_token for t in texts]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=max_length is not None,
+                             max_length=max_length, add_special_tokens=True)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def qa_batch(self, questions: Sequence[str], answers: Sequence[str],
+                 max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask, labels)`` for ``Question: q\\nAnswer: a<eos>``; loss on the answer only."""
+        if len(questions) != len(answers):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers.")
+        prompts = [format_question(q) for q in questions]
+        full = [format_qa(q, a) for q, a in zip(questions, answers)]
+        input_ids, attention_mask = self.tokenize(full, max_length=max_length, add_eos=True)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        for row, prompt in enumerate(prompts):
+            # Left padding: the prompt occupies the first n_prompt real tokens of the row.
+            n_prompt = len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            start = int((attention_mask[row] == 0).sum())
+            labels[row, start : start + n_prompt] = -100
+        return input_ids, attention_mask, labels
+
+    # ------------------------------------------------------------------ reading, scoring, generating
+    @torch.no_grad()
+    def read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PrefixKV:
+        """The LM's own key/values for a (left-padded) batch of texts, as a prefix with padding masked."""
+        positions = prefixed_positions(attention_mask, input_ids.shape[1])
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=True)
+        layers = out.past_key_values.layers
+        keys = torch.stack([layer.keys for layer in layers])  # (n_layers, B, n_kv_heads, L, head_dim)
+        values = torch.stack([layer.values for layer in layers])
+        return PrefixKV(keys, values, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixKV | None = None,
+                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """One forward pass under ``prefix`` (per-example, or batch-1 broadcast). Returns the HF output."""
+        if prefix is None:
+            positions = prefixed_positions(attention_mask, input_ids.shape[1])
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                              labels=labels, use_cache=False, **kwargs)
+        prefix = prefix.expand(input_ids.shape[0])
+        full_mask = prefixed_mask(prefix, attention_mask)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=full_mask,
+            position_ids=prefixed_positions(full_mask, input_ids.shape[1]),
+            past_key_values=prefix.to_cache(self.model.config, self.dtype, self.device),
+            labels=labels,
+            use_cache=False,
+            **kwargs,
+        )
+
+    def answer_loss(self, questions: Sequence[str], answers: Sequence[str],
+                    prefix: PrefixKV | None = None) -> torch.Tensor:
+        """Mean answer-token NLL of ``answers`` given ``questions`` under ``prefix`` (MAC's training loss)."""
+        input_ids, attention_mask, labels = self.qa_batch(questions, answers)
+        return self.forward(input_ids, attention_mask, prefix=prefix, labels=labels).loss
+
+    @torch.no_grad()
+    def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     prefix: PrefixKV | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
+                     num_return_sequences: int = 1, **gen_kwargs: Any) -> torch.Tensor:
+        """New token ids ``(B * num_return_sequences, <= max_new_tokens)`` (the prompt is cut off)."""
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                      num_return_sequences=num_return_sequences,
+                                      pad_token_id=self.tokenizer.pad_token_id, **gen_kwargs)
+        kwargs.setdefault("do_sample", False)
+        if prefix is not None:
+            prefix = prefix.expand(input_ids.shape[0])
+            cache = prefix.to_cache(self.model.config, self.dtype, self.device)
+            n = max(num_beams, num_return_sequences)
+            if n > 1:
+                cache.batch_repeat_interleave(n)  # generate() expands its inputs but not a user cache
+            kwargs.update(past_key_values=cache, attention_mask=prefixed_mask(prefix, attention_mask))
+        else:
+            kwargs.update(attention_mask=attention_mask)
+        out = self.model.generate(input_ids=input_ids, **kwargs)
+        return out[:, input_ids.shape[1]:]
+
+    def generate(self, prompts: Sequence[str], prefix: PrefixKV | None = None, *, max_new_tokens: int = 32,
+                 num_beams: int = 1, **gen_kwargs: Any) -> list[str]:
+        """Decoded continuations of ``prompts`` (raw text, special tokens removed)."""
+        input_ids, attention_mask = self.tokenize(prompts)
+        new = self.generate_ids(input_ids, attention_mask, prefix, max_new_tokens=max_new_tokens,
+                                num_beams=num_beams, **gen_kwargs)
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def answer(self, questions: Sequence[str], prefix: PrefixKV | None = None, *, max_new_tokens: int = 32,
+               num_beams: int = 1) -> list[str]:
+        """Answers to ``questions`` in the QA format, each cut at its first line break."""
+        prompts = [format_question(q) for q in questions]
+        texts = self.generate(prompts, prefix, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        return [clean_answer(t) for t in texts]
+
+
+def weight_signature(model: torch.nn.Module, n: int = 16, per_tensor: int = 8) -> dict[str, Any]:
+    """A fingerprint of the weights: an exact hash and a few values, cheap even for billion-parameter LMs.
+
+    ``n`` parameter tensors spread over the sorted names are sampled. The hash is over their values
+    rounded to bfloat16, so the same weights loaded in float32 or bfloat16 hash alike; the sampled
+    values let float16 loads (a different rounding) still be recognised with a tolerance.
+    """
+    named = sorted(model.named_parameters(), key=lambda kv: kv[0])
+    picks = [named[round(i * (len(named) - 1) / max(n - 1, 1))] for i in range(min(n, len(named)))]
+    digest = hashlib.sha256()
+    values: list[float] = []
+    for name, p in picks:
+        flat = p.detach().reshape(-1)
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(flat.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+        idx = torch.linspace(0, flat.numel() - 1, steps=min(per_tensor, flat.numel())).long()
+        values += [float(v) for v in flat[idx.to(flat.device)].double().cpu()]
+    return {"sha256_bf16": digest.hexdigest(), "values": values}
+
+
+def signatures_match(a: dict[str, Any], b: dict[str, Any], atol: float = 1e-3, rtol: float = 1e-2) -> bool:
+    """True when two :func:`weight_signature` results describe the same weights (up to dtype rounding)."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return False
+    if a.get("sha256_bf16") and a.get("sha256_bf16") == b.get("sha256_bf16"):
+        return True
+    va, vb = a.get("values", []), b.get("values", [])
+    if len(va) != len(vb) or not va:
+        return False
+    return bool(torch.allclose(torch.tensor(va), torch.tensor(vb), rtol=rtol, atol=atol))

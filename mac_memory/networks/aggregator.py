@@ -1,0 +1,146 @@
+"""The aggregation network: merge the memory tokens of many documents into ``T`` tokens for one question.
+
+The question's ``T`` tokens (from a question encoder of the amortizer's kind) are refined by a stack of
+pre-norm cross-attention blocks over *all* memory tokens of the question's candidate documents (a
+variable number per question, padded and masked). A final read-out attention takes its values straight
+from the stored memory tokens, so the merged modulation lives in the same space as the stored ones
+(a memory of one document can pass through unchanged), plus a refinement from the question stream
+that starts at zero. The read-out's attention, summed over each document's tokens, is that document's
+share of the answer (provenance).
+
+Memories larger than ``window`` documents are merged hierarchically (:meth:`AggregationNetwork.aggregate`):
+windows of documents become new memory entries, window after window, until one remains, so peak memory
+is bounded by the window rather than by the number of candidates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import AggregatorConfig
+from .blocks import CrossAttentionBlock
+
+
+@dataclass
+class Aggregated:
+    """Result of aggregation for a batch of questions.
+
+    Attributes:
+        tokens: ``(B, T, d_mem)`` merged memory tokens.
+        weights: ``(B, N)`` each candidate document's share of the read-out attention (rows sum to 1
+            over real candidates; padding candidates get 0).
+    """
+
+    tokens: torch.Tensor
+    weights: torch.Tensor
+
+
+class AggregationNetwork(nn.Module):
+    """Question tokens ``(B, T, d)`` + memory ``(B, N, T_m, d)`` with mask ``(B, N)`` → :class:`Aggregated`."""
+
+    def __init__(self, config: AggregatorConfig, d_mem: int) -> None:
+        super().__init__()
+        self.window = config.window
+        self.num_heads = config.num_heads
+        self.blocks = nn.ModuleList(
+            CrossAttentionBlock(d_mem, config.num_heads, config.mlp_ratio, config.dropout)
+            for _ in range(config.num_layers)
+        )
+        self.readout_norm_q = nn.LayerNorm(d_mem)
+        self.readout_norm_k = nn.LayerNorm(d_mem)
+        self.readout_q = nn.Linear(d_mem, d_mem)
+        self.readout_k = nn.Linear(d_mem, d_mem)
+        self.refine = nn.Sequential(nn.LayerNorm(d_mem), nn.Linear(d_mem, d_mem))
+        nn.init.zeros_(self.refine[1].weight)  # start as a pure mix of stored tokens
+        nn.init.zeros_(self.refine[1].bias)
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None
+                ) -> Aggregated:
+        """Aggregate one window: all ``N`` candidates at once (use :meth:`aggregate` for any ``N``)."""
+        B, N, Tm, d = memory.shape
+        if doc_mask is None:
+            doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
+        doc_mask = doc_mask.bool()
+        if not bool(doc_mask.any(dim=1).all()):
+            raise ValueError("Every question needs at least one candidate document to aggregate.")
+        flat = memory.reshape(B, N * Tm, d)  # (B, N*T_m, d)
+        token_mask = doc_mask.repeat_interleave(Tm, dim=1)  # (B, N*T_m)
+        x = queries
+        for block in self.blocks:
+            x = block(x, flat, token_mask)
+
+        # Read-out: multi-head attention whose values are the stored memory tokens themselves.
+        h, dh = self.num_heads, d // self.num_heads
+        q = self.readout_q(self.readout_norm_q(x)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, T, dh)
+        k = self.readout_k(self.readout_norm_k(flat)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
+        v = flat.view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)  # (B, h, T, N*T_m)
+        attn = scores.masked_fill(~token_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        mixed = (attn @ v).transpose(1, 2).reshape(B, -1, d)  # (B, T, d)
+        weights = attn.mean(dim=(1, 2)).view(B, N, Tm).sum(dim=-1)  # (B, N), rows sum to 1
+        return Aggregated(mixed + self.refine(x), weights)
+
+    def aggregate(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
+                  window: int | None = None) -> Aggregated:
+        """Aggregate any number of candidates: one window directly, more hierarchically.
+
+        Consecutive windows of ``window`` entries are merged into one entry each, and those entries again,
+        depth first (a stack per level), so that at most ``window`` entries per level are alive at once:
+        peak memory grows with the window and the tree's depth, not with ``N``. Weights are propagated
+        down the tree: a document's weight is its share within its window times that window's share above.
+        """
+        window = window or self.window
+        B, N = memory.shape[:2]
+        if doc_mask is None:
+            doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
+        doc_mask = doc_mask.bool()
+        if N <= window:
+            return self(queries, memory, doc_mask)
+
+        # Each stack entry: (tokens (B, T, d), valid (B,), doc_weights (B, N) as a sparse-in-N tensor).
+        levels: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[]]
+
+        def merge(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+            tokens = torch.stack([e[0] for e in entries], dim=1)  # (B, w, T, d)
+            valid = torch.stack([e[1] for e in entries], dim=1)  # (B, w)
+            out = self._safe_window(queries, tokens, valid)
+            doc_w = sum(out.weights[:, i, None] * e[2] for i, e in enumerate(entries))  # (B, N)
+            return out.tokens, valid.any(dim=1), doc_w
+
+        def push(level: int, entry) -> None:
+            if level == len(levels):
+                levels.append([])
+            levels[level].append(entry)
+            if len(levels[level]) == window:
+                merged = merge(levels[level])
+                levels[level] = []
+                push(level + 1, merged)
+
+        for start in range(0, N, window):
+            stop = min(start + window, N)
+            valid = doc_mask[:, start:stop]
+            out = self._safe_window(queries, memory[:, start:stop], valid)
+            doc_w = out.weights.new_zeros(B, N)
+            doc_w[:, start:stop] = out.weights  # this window's shares at the documents' global indices
+            push(1, (out.tokens, valid.any(dim=1), doc_w))
+
+        # Flush the partial windows left on each level, bottom-up, into a single root entry.
+        root = None
+        for level in range(1, len(levels)):
+            entries = levels[level] + ([root] if root is not None else [])
+            if entries:
+                root = merge(entries) if len(entries) > 1 else entries[0]
+        assert root is not None
+        return Aggregated(root[0], root[2])
+
+    def _safe_window(self, queries: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor) -> Aggregated:
+        """One window where some rows may have no valid entry: those rows get zero weight everywhere."""
+        empty = ~valid.any(dim=1)
+        if not bool(empty.any()):
+            return self(queries, memory, valid)
+        out = self(queries, memory, valid | empty[:, None])
+        return Aggregated(out.tokens, out.weights.masked_fill(empty[:, None], 0.0))
