@@ -47,7 +47,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         name = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {default!r})"
+        help_text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
         if base is bool:
             parser.add_argument(name, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
