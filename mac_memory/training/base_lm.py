@@ -1,0 +1,288 @@
+"""``mac-memory train-base``: prepare the frozen base LM (the paper's QA warm-up, or a small LM from scratch).
+
+The paper warms the base LM up on question-answer pairs of the training split so that it knows the
+answer format, then freezes it. Two paths:
+
+* ``--from-pretrained NAME``: a short QA-format fine-tune of an existing causal LM (GPT-2, Llama, Qwen...).
+* ``--from-scratch``: no pretrained causal LM exists on an offline machine, so a small Llama-style LM
+  and a BPE tokenizer are trained on the synthetic world. It must *read*: reading examples put a
+  freshly generated document before its questions (fresh entities every time, so it cannot memorise
+  them and has to copy from the context), which is also what makes the RAG baseline fair. Training
+  documents (language modelling) and closed-book QA pairs of the training world teach the format.
+
+Every example is one text; the loss is the LM loss over all its tokens with answer tokens weighted
+up (``answer_weight``). The loop is plain: accumulation, clipping, warmup + cosine schedule, periodic
+checkpoints with ``--resume``, and a held-out reading check (EM/F1 with the document in the prompt).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.stream import Document, load_stream
+from ..data.synthetic import WorldConfig, generate_world, iter_documents
+from ..prompts import format_qa, format_with_documents
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseTrainConfig:
+    """Options of ``mac-memory train-base``."""
+
+    out: str = "runs/base"
+    """Directory for checkpoints (``step-*/``) and the final model (``final/``)."""
+    from_pretrained: str | None = None
+    """Hub name or local path of an existing causal LM to QA-warm-up; unset = train from scratch."""
+    train_file: str | None = None
+    """Document-stream JSONL with training documents + QA (default: the synthetic world's train split)."""
+    world_seed: int = 0
+    """Seed of the synthetic world (train split = the world's train entities)."""
+    world_entities: int = 4000
+    """Entities in the synthetic world (split train/val/test by entity)."""
+    vocab_size: int = 2048
+    """From scratch: BPE vocabulary size."""
+    hidden_size: int = 256
+    """From scratch: model width."""
+    num_layers: int = 4
+    """From scratch: transformer layers."""
+    num_heads: int = 8
+    """From scratch: attention heads."""
+    num_kv_heads: int = 4
+    """From scratch: key/value heads (grouped-query attention when below num_heads)."""
+    steps: int = 6000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Sequences per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate (from scratch; use ~5e-5 for a pretrained LM)."""
+    warmup: int = 200
+    """Linear warmup steps, then cosine decay to 10%."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    answer_weight: float = 4.0
+    """Extra weight of answer tokens in the LM loss."""
+    reading_fraction: float = 0.7
+    """Share of examples that are fresh document + questions → answers."""
+    qa_fraction: float = 0.15
+    """Share of closed-book QA pairs from the training world (the rest: training documents as plain text)."""
+    max_length: int = 320
+    """Tokens per example."""
+    eval_every: int = 500
+    """Steps between reading checks and checkpoints."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    seed: int = 0
+    """Random seed."""
+    resume: bool = False
+    """Continue from the latest checkpoint in ``out``."""
+
+
+def _training_world(cfg: BaseTrainConfig) -> list[Document]:
+    if cfg.train_file:
+        return load_stream(cfg.train_file)
+    return generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["train"]
+
+
+def _reading_text(doc: Document, rng: random.Random) -> tuple[str, list[str]]:
+    """Document, then 1–4 of its questions each followed by its answer; returns text and answers."""
+    qas = rng.sample(list(doc.qas), k=min(len(doc.qas), rng.randint(1, 4)))
+    first = qas[0]
+    text = format_with_documents([doc.context], first.question) + " " + first.answers[0]
+    for qa in qas[1:]:
+        text += "\n" + format_qa(qa.question, qa.answers[0])
+    return text, [qa.answers[0] for qa in qas]
+
+
+def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int) -> Iterator[tuple[str, list[str]]]:
+    """Endless mixture of (text, answers): reading examples on fresh entities, closed-book QA, documents."""
+    rng = random.Random(cfg.seed)
+    fresh = iter_documents(seed=fresh_seed)
+    qa_pairs = [(qa.question, qa.answers[0]) for d in world for qa in d.qas]
+    while True:
+        r = rng.random()
+        if r < cfg.reading_fraction:
+            yield _reading_text(next(fresh), rng)
+        elif r < cfg.reading_fraction + cfg.qa_fraction:
+            q, a = rng.choice(qa_pairs)
+            yield format_qa(q, a), [a]
+        else:
+            yield rng.choice(world).context, []
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer for the synthetic language (pad=0, eos=1, unk=2)."""
+    from ..tiny_models import build_tokenizer
+
+    return build_tokenizer(texts, vocab_size=vocab_size)
+
+
+def _build_from_scratch(cfg: BaseTrainConfig, world: list[Document]):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    rng = random.Random(cfg.seed + 1)
+    corpus = [d.context for d in world] + [format_qa(qa.question, qa.answers[0]) for d in world for qa in d.qas]
+    corpus += [_reading_text(d, rng)[0] for d in itertools.islice(iter_documents(seed=10_000 + cfg.seed), 3000)]
+    tokenizer = train_tokenizer(corpus, cfg.vocab_size)
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=3 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=1024, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=1,
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(cfg.seed)
+    return AutoModelForCausalLM.from_config(config), tokenizer
+
+
+def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, answer_weight: float):
+    """Right-padded ids, mask and per-token loss weights (answers weighted up, padding 0)."""
+    eos = tokenizer.eos_token
+    enc = tokenizer([t + eos for t, _ in examples], return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_length, return_offsets_mapping=True)
+    weights = enc["attention_mask"].float().clone()
+    for row, (text, answers) in enumerate(examples):
+        offsets = enc["offset_mapping"][row].tolist()
+        for ans in answers:
+            # Weight the answer spans that follow "Answer: " (the last occurrence of each answer string).
+            pos = text.rfind("Answer: " + ans)
+            if pos < 0:
+                continue
+            lo, hi = pos + len("Answer: "), pos + len("Answer: ") + len(ans)
+            for j, (a, b) in enumerate(offsets):
+                if b > lo and a < hi:
+                    weights[row, j] = answer_weight
+    return enc["input_ids"], enc["attention_mask"], weights
+
+
+def weighted_lm_loss(model, input_ids, attention_mask, weights) -> torch.Tensor:
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                            input_ids[:, 1:].reshape(-1), reduction="none")
+    w = weights[:, 1:].reshape(-1)
+    return (nll * w).sum() / w.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 12) -> dict[str, float]:
+    """EM/F1 answering held-out questions with the gold document in the prompt, and without it."""
+    from ..evaluation.metrics import score_predictions
+    from ..frozen_lm import FrozenLM
+
+    was_training = model.training
+    lm = FrozenLM(model, tokenizer, "in-training")
+    questions = [(d, qa) for d in docs for qa in d.qas[:2]]
+    refs = [list(qa.answers) for _, qa in questions]
+    out: dict[str, float] = {}
+    for name, prompts in (
+        ("rag_gold", [format_with_documents([d.context], qa.question) for d, qa in questions]),
+        ("no_memory", [format_qa(qa.question) for _, qa in questions]),
+    ):
+        preds = []
+        for i in range(0, len(prompts), 32):
+            texts = lm.generate(prompts[i : i + 32], max_new_tokens=max_new_tokens)
+            preds += [t.strip().split("\n")[0].strip() for t in texts]
+        out[f"{name}_f1"] = score_predictions(preds, refs).f1
+    model.train(was_training)
+    model.requires_grad_(True)
+    return out
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    steps = sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return steps[-1] if steps else None
+
+
+def train_base(cfg: BaseTrainConfig) -> Path:
+    """Run base-LM preparation; returns the directory of the final model (HF format, safetensors)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = _training_world(cfg)
+    val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"][:48]
+    start_step = 0
+    resume_from = _latest_checkpoint(out) if cfg.resume else None
+    if resume_from is not None:
+        model = AutoModelForCausalLM.from_pretrained(resume_from)
+        tokenizer = AutoTokenizer.from_pretrained(resume_from)
+        state = json.loads((resume_from / "trainer_state.json").read_text())
+        start_step = state["step"]
+        logger.info("Resuming from %s (step %d)", resume_from, start_step)
+    elif cfg.from_pretrained:
+        model = AutoModelForCausalLM.from_pretrained(cfg.from_pretrained)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.from_pretrained)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model, tokenizer = _build_from_scratch(cfg, world)
+    tokenizer.padding_side = "right"
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    if resume_from is not None and (resume_from / "optimizer.pt").is_file():
+        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    # Fresh entities differ per resume so a restarted run never replays the same reading examples.
+    stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step)
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-base")
+    tokens_seen, t0 = 0, time.time()
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            examples = [next(stream) for _ in range(cfg.batch_size)]
+            ids, mask, weights = _batch(tokenizer, examples, cfg.max_length, cfg.answer_weight)
+            loss = weighted_lm_loss(model, ids, mask, weights) / cfg.grad_accum
+            loss.backward()
+            total += float(loss.detach())
+            tokens_seen += int(mask.sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tokens_seen / (time.time() - t0):.0f}")
+        record = {"step": step + 1, "loss": total, "lr": lr_at(step)}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            model.eval()
+            record.update(reading_check(model, tokenizer, val_world))
+            model.train()
+            ckpt = out / f"step-{step + 1}"
+            model.save_pretrained(ckpt)
+            tokenizer.save_pretrained(ckpt)
+            torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
+            (ckpt / "trainer_state.json").write_text(json.dumps({"step": step + 1}))
+            for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                import shutil
+
+                shutil.rmtree(old)
+            logger.info("step %d: %s", step + 1, {k: round(v, 3) for k, v in record.items()})
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+    final = out / "final"
+    model.eval()
+    model.save_pretrained(final)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(final)
+    return final

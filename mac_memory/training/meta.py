@@ -1,0 +1,333 @@
+"""``mac-memory train``: meta-train the amortization and aggregation networks of MAC.
+
+One step, as in the paper: sample ``B`` training documents and one question each; amortize the
+documents (only a ``1 - backprop_dropout`` share of them with gradients, the rest under no-grad);
+the ``B`` memory entries form the memory for all ``B`` questions (``memory=batch``), so the aggregator
+must *select*; the loss is the frozen LM's answer NLL under each question's aggregated prefix. With
+``memory=gold`` each question sees only its own document (the ladder's first rung: can a document's
+modulation carry its facts at all?). A batch larger than the aggregation window is aggregated
+hierarchically, so training sees the hierarchy too.
+
+The loop is one visible function: Accelerate for device placement, DDP and mixed precision; gradient
+accumulation, clipping, warmup + cosine schedule; validation EM/F1 every ``eval_every`` steps;
+checkpoints (``step-N/`` = a loadable MAC checkpoint + ``trainer_state.pt``) and ``--resume``; a JSONL
+log of the curves and a PNG plot of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import AggregatorConfig, AmortizerConfig, BaseLMConfig, MACConfig, ModulationConfig
+from ..data.stream import Document, load_stream
+from ..data.synthetic import WorldConfig, generate_world
+from ..evaluation.metrics import score_predictions
+from ..frozen_lm import FrozenLM
+from ..model import MACModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MetaTrainConfig:
+    """Options of ``mac-memory train``."""
+
+    base_lm: str = "runs/base/final"
+    """Hub name or local path of the frozen base LM (e.g. the output of ``train-base``)."""
+    out: str = "runs/mac"
+    """Directory for checkpoints (``step-*/``), the final checkpoint (``final/``), log and plot."""
+    init: str | None = None
+    """Start from this MAC checkpoint instead of fresh networks."""
+    train_file: str | None = None
+    """Document-stream JSONL of training documents + QA (default: the synthetic world's train split)."""
+    val_file: str | None = None
+    """Document-stream JSONL for validation (default: the synthetic world's val split)."""
+    world_seed: int = 0
+    """Seed of the synthetic world used when no files are given."""
+    world_entities: int = 4000
+    """Entities of the synthetic world used when no files are given."""
+    kind: str = "kv_anchored"
+    """Amortizer kind: kv_anchored, t5 or encoder."""
+    backbone: str | None = None
+    """Backbone (hub name or path) of the t5/encoder amortizer."""
+    num_tokens: int = 8
+    """T: memory tokens per document."""
+    d_mem: int = 256
+    """Width of a memory token."""
+    agg_layers: int = 4
+    """Cross-attention blocks of the aggregation network."""
+    agg_heads: int = 8
+    """Attention heads of the aggregation network."""
+    window: int = 16
+    """Aggregation window (larger candidate sets are aggregated hierarchically)."""
+    memory: str = "batch"
+    """What each question sees: 'batch' (all documents of the batch, the paper's) or 'gold' (its own)."""
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 16
+    """Documents (and questions) per micro-batch; also the memory size per question with memory=batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    backprop_dropout: float = 0.0
+    """Share of a batch's documents amortized without gradients (the paper keeps 25%: 0.75)."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
+    warmup: int = 100
+    """Linear warmup steps, then cosine decay to 10%."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    lm_dropout: bool = False
+    """Keep the base LM's dropout on during training (the paper does; weights stay frozen)."""
+    mixed_precision: str = "auto"
+    """'auto' (bf16 on a GPU, none on CPU), 'no', 'bf16' or 'fp16'."""
+    eval_every: int = 200
+    """Steps between validation and checkpoints."""
+    eval_questions: int = 128
+    """Validation questions per evaluation."""
+    keep_checkpoints: int = 2
+    """Step checkpoints kept on disk (older ones are deleted)."""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)."""
+    seed: int = 0
+    """Random seed."""
+    resume: bool = False
+    """Continue from the latest ``step-*`` checkpoint in ``out``."""
+
+    def __post_init__(self) -> None:
+        from ..errors import ConfigError
+
+        if self.memory not in ("batch", "gold"):
+            raise ConfigError(f"MetaTrainConfig.memory={self.memory!r} is invalid: choose 'batch' or 'gold'.")
+        if not 0.0 <= self.backprop_dropout < 1.0:
+            raise ConfigError(f"MetaTrainConfig.backprop_dropout={self.backprop_dropout!r} is invalid: "
+                              "must be in [0, 1) (at least one document needs gradients).")
+        if self.batch_size < 1 or self.steps < 1 or self.grad_accum < 1:
+            raise ConfigError("MetaTrainConfig.batch_size, steps and grad_accum must be positive integers.")
+
+    def mac_config(self) -> MACConfig:
+        return MACConfig(
+            base_lm=BaseLMConfig(self.base_lm),
+            amortizer=AmortizerConfig(kind=self.kind, backbone=self.backbone, num_tokens=self.num_tokens,
+                                      d_mem=self.d_mem),
+            aggregator=AggregatorConfig(num_layers=self.agg_layers, num_heads=self.agg_heads, window=self.window),
+            modulation=ModulationConfig(),
+        )
+
+
+class MetaStep(nn.Module):
+    """One training step as a module (so DDP sees a real ``forward``): documents + QA → loss."""
+
+    def __init__(self, mac: MACModel, backprop_dropout: float, memory: str) -> None:
+        super().__init__()
+        self.mac = mac
+        self.backprop_dropout = backprop_dropout
+        self.memory = memory
+
+    def forward(self, documents: list[str], questions: list[str], answers: list[str]) -> torch.Tensor:
+        memory = amortize_with_dropout(self.mac, documents, self.backprop_dropout if self.training else 0.0)
+        if self.memory == "gold":
+            memory = memory.unsqueeze(1)  # (B, 1, T, d): each question sees only its own document
+        return self.mac.loss(questions, answers, memory)
+
+
+def amortize_with_dropout(mac: MACModel, documents: list[str], dropout: float) -> torch.Tensor:
+    """``(N, T, d)`` memory where only a random ``1 - dropout`` share of documents carries gradients."""
+    n = len(documents)
+    keep = max(1, math.ceil(n * (1.0 - dropout)))
+    if keep >= n:
+        return mac.amortize(documents)
+    order = torch.randperm(n).tolist()
+    with_grad, without = sorted(order[:keep]), sorted(order[keep:])
+    parts = {}
+    tokens = mac.amortize([documents[i] for i in with_grad])
+    parts.update(zip(with_grad, tokens))
+    with torch.no_grad():
+        tokens = mac.amortize([documents[i] for i in without])
+    parts.update(zip(without, tokens))
+    return torch.stack([parts[i] for i in range(n)])
+
+
+def _load_splits(cfg: MetaTrainConfig) -> tuple[list[Document], list[Document]]:
+    world = None
+    if cfg.train_file is None or cfg.val_file is None:
+        world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))
+    train = load_stream(cfg.train_file) if cfg.train_file else world["train"]
+    val = load_stream(cfg.val_file) if cfg.val_file else world["val"]
+    return [d for d in train if d.qas], [d for d in val if d.qas]
+
+
+def _shortest(answers) -> str:
+    return min(answers, key=len)  # the official code trains on the shortest reference answer
+
+
+@torch.no_grad()
+def validate(mac: MACModel, docs: list[Document], n_questions: int, batch_size: int, seed: int = 0
+             ) -> dict[str, float]:
+    """EM/F1 on validation questions: gold document only, and a batch of ``batch_size`` documents as memory."""
+    rng = random.Random(seed)
+    pairs = [(d, qa) for d in docs for qa in d.qas]
+    pairs = rng.sample(pairs, k=min(n_questions, len(pairs)))
+    was_training = mac.training
+    mac.eval()
+    out: dict[str, float] = {}
+    for mode in ("gold", "batch"):
+        preds, refs = [], []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            memory = mac.amortize([d.context for d, _ in chunk])
+            if mode == "gold":
+                memory = memory.unsqueeze(1)
+            answers, _ = mac.generate([qa.question for _, qa in chunk], memory, max_new_tokens=16)
+            preds += answers
+            refs += [list(qa.answers) for _, qa in chunk]
+        scores = score_predictions(preds, refs)
+        out[f"val_{mode}_em"], out[f"val_{mode}_f1"] = scores.em, scores.f1
+    mac.train(was_training)
+    return out
+
+
+def _latest(out: Path) -> Path | None:
+    steps = sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return steps[-1] if steps else None
+
+
+def train_mac(cfg: MetaTrainConfig) -> Path:
+    """Meta-train MAC; returns the directory of the final checkpoint."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    precision = cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    out = Path(cfg.out)
+    resume_from = _latest(out) if cfg.resume else None
+    torch.manual_seed(cfg.seed + accelerator.process_index)
+    rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
+
+    lm = FrozenLM.from_pretrained(cfg.base_lm, device=str(accelerator.device))
+    if resume_from is not None:
+        mac = MACModel.from_pretrained(resume_from, lm=lm)
+    elif cfg.init:
+        mac = MACModel.from_pretrained(cfg.init, lm=lm)
+    else:
+        mac = MACModel(cfg.mac_config(), lm)
+    mac.train()
+    lm.model.train(cfg.lm_dropout)  # dropout only; the weights stay frozen
+    train_docs, val_docs = _load_splits(cfg)
+    step_module = MetaStep(mac, cfg.backprop_dropout, cfg.memory)
+    params = [p for p in step_module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_lambda(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    # The scheduler is stepped by hand once per optimizer step: a prepared one steps once per process.
+    step_module, optimizer = accelerator.prepare(step_module, optimizer)
+    start = 0
+    if resume_from is not None:
+        state = torch.load(resume_from / "trainer_state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        rng.seed(int(state["rng_seed"]))
+        logger.info("Resumed from %s at step %d", resume_from, start)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    log_path = out / "log.jsonl"
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train",
+               disable=not accelerator.is_main_process)
+    for step in bar:
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(step_module):
+                batch = rng.sample(train_docs, k=min(cfg.batch_size, len(train_docs)))
+                qas = [rng.choice(d.qas) for d in batch]
+                with accelerator.autocast():
+                    loss = step_module([d.context for d in batch], [qa.question for qa in qas],
+                                       [_shortest(qa.answers) for qa in qas])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                total += float(loss.detach()) / cfg.grad_accum
+        bar.set_postfix(loss=f"{total:.3f}")
+        record: dict[str, Any] = {"step": step + 1, "loss": total, "lr": scheduler.get_last_lr()[0]}
+        done = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or done:
+            if accelerator.is_main_process:
+                record.update(validate(accelerator.unwrap_model(step_module).mac, val_docs,
+                                       cfg.eval_questions, cfg.batch_size, seed=cfg.seed))
+                _save_step(accelerator.unwrap_model(step_module).mac, optimizer, scheduler, out, step + 1,
+                           rng, cfg.keep_checkpoints)
+                logger.info("step %d: %s", step + 1,
+                            {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+            accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with log_path.open("a") as log:
+                log.write(json.dumps(record) + "\n")
+    final = out / "final"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(step_module).mac.save_pretrained(final)
+        plot_curves(log_path, out / "curves.png")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_step(mac: MACModel, optimizer, scheduler, out: Path, step: int, rng: random.Random, keep: int) -> None:
+    path = mac.save_pretrained(out / f"step-{step}")
+    seed = rng.randrange(2**31)
+    rng.seed(seed)  # the resumed run re-seeds with this and continues the same sample sequence
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "rng_seed": seed}, path / "trainer_state.pt")
+    for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old)
+
+
+def plot_curves(log_path: Path, png: Path) -> None:
+    """Training loss and validation F1 against steps, from the JSONL log."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - plotting is optional
+        logger.warning("matplotlib is not installed; skipping %s", png)
+        return
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
+    ax1.set(xlabel="step", ylabel="answer NLL", title="training loss")
+    evals = [r for r in records if "val_gold_f1" in r]
+    for key, label in (("val_gold_f1", "gold document"), ("val_batch_f1", "batch as memory")):
+        ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
+    ax2.set(xlabel="step", ylabel="F1", title="validation F1")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
