@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,11 +77,33 @@ def save_checkpoint(model: MACModel, path: Path) -> Path:
         "mac_version": __version__,
         "fingerprint": state_fingerprint(model),
         "base_lm": model.lm.identity(),
+        # A base LM stored beside the checkpoint (e.g. the packaged default) is found again after a move.
+        "base_lm_relpath": _relpath(model.lm.name_or_path, path),
         "files": {name: _sha256(path / name) for name in files},
     }
     (path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     logger.info("Saved MAC checkpoint to %s", path)
     return path
+
+
+def _relpath(name_or_path: str, checkpoint: Path) -> str | None:
+    local = Path(name_or_path)
+    if not local.is_dir():
+        return None  # a hub name
+    return os.path.relpath(local.resolve(), checkpoint.resolve())
+
+
+def resolve_base_lm(config: MACConfig, manifest: dict[str, Any], checkpoint: Path) -> str:
+    """The recorded base LM: its hub name or path, or its location relative to a moved checkpoint."""
+    recorded = config.base_lm.name_or_path
+    rel = manifest.get("base_lm_relpath")
+    looks_local = recorded.startswith(("/", ".", "~"))  # hub names never start like a path
+    if rel and not Path(recorded).is_dir() and (checkpoint / rel).is_dir():
+        return str((checkpoint / rel).resolve())
+    if looks_local and not Path(recorded).exists():
+        raise CheckpointError(f"Checkpoint {checkpoint} was trained on the base LM at {recorded}, which does not "
+                              "exist here. Pass lm=<path or FrozenLM> to load it onto that LM.")
+    return recorded
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -123,7 +146,7 @@ def load_checkpoint(cls: type[MACModel], path: Path, *, lm: FrozenLM | str | Non
         raise CheckpointError(f"Checkpoint {path} has an invalid {CONFIG_FILE}: {exc}") from exc
     if not isinstance(lm, FrozenLM):
         b = config.base_lm
-        lm = FrozenLM.from_pretrained(lm or b.name_or_path, dtype=b.dtype, revision=b.revision, device=device)
+        lm = FrozenLM.from_pretrained(lm or resolve_base_lm(config, manifest, path), dtype=b.dtype, revision=b.revision, device=device)
     lm.check_identity(manifest["base_lm"], what=f"Checkpoint {path}")
 
     backbone = tokenizer = None

@@ -1,0 +1,118 @@
+"""The embedded default: a small base LM + MAC networks trained by this project on its synthetic world.
+
+No pretrained causal LM can be downloaded on an offline machine, so ``MACMemory()`` and ``mac-memory
+demo`` use a model this project trains itself. :func:`default_paths` finds it, in this order:
+
+1. ``$MAC_MEMORY_CHECKPOINT`` (a MAC checkpoint dir; its recorded base LM is loaded);
+2. the copy shipped inside the package (``mac_memory/assets/default/{base_lm,mac}``), when present;
+3. the user cache (``$MAC_MEMORY_HOME`` or ``~/.cache/mac-memory``)/``default-v1/{base_lm,mac}``;
+4. otherwise, with ``train=True``, it is trained once with :data:`RECIPE` (progress bars; an interrupted
+   run resumes where it stopped) and cached; without, a clear error says how to get it.
+
+``mac-memory train-default`` reproduces it (e.g. with more steps on a GPU) into the cache or ``--out``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import CheckpointError
+from .base_lm import BaseTrainConfig, train_base
+from .meta import MetaTrainConfig, train_mac
+
+logger = logging.getLogger(__name__)
+
+VERSION = "default-v1"
+PACKAGED = Path(__file__).resolve().parent.parent / "assets" / "default"
+
+
+@dataclass(frozen=True)
+class DefaultPaths:
+    """Where the default base LM and MAC checkpoint live."""
+
+    base_lm: Path
+    checkpoint: Path
+
+
+@dataclass
+class DefaultRecipe:
+    """How the embedded default is trained (sized for a first run of minutes on a 2-core CPU)."""
+
+    base: BaseTrainConfig = field(default_factory=lambda: BaseTrainConfig(
+        world_entities=4000, vocab_size=1024, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
+        steps=1500, batch_size=16, lr=2e-3, warmup=100, eval_every=500, max_length=256))
+    mac: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(
+        world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="batch",
+        steps=600, batch_size=16, lr=1e-3, warmup=50, eval_every=200, eval_questions=64))
+
+
+RECIPE = DefaultRecipe()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MAC_MEMORY_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mac-memory")
+    return Path(root) / VERSION
+
+
+def _complete(paths: DefaultPaths) -> bool:
+    return (paths.base_lm / "config.json").is_file() and (paths.checkpoint / "mac_manifest.json").is_file()
+
+
+def default_paths(train: bool = False, recipe: DefaultRecipe | None = None, out: Path | None = None
+                  ) -> DefaultPaths:
+    """The default base LM and checkpoint, training them once (``train=True``) when none exists yet."""
+    env = os.environ.get("MAC_MEMORY_CHECKPOINT")
+    if env:
+        from ..config import MACConfig
+
+        ckpt = Path(env)
+        return DefaultPaths(Path(MACConfig.load(ckpt / "mac_config.json").base_lm.name_or_path), ckpt)
+    if out is None:
+        packaged = DefaultPaths(PACKAGED / "base_lm", PACKAGED / "mac")
+        if _complete(packaged):
+            return packaged
+    root = out or cache_dir()
+    cached = DefaultPaths(root / "base_lm", root / "mac")
+    if _complete(cached):
+        return cached
+    if not train:
+        raise CheckpointError(
+            "No default MAC checkpoint yet. Run `mac-memory demo` (trains it once, minutes on a CPU) or "
+            "`mac-memory train-default`, or pass checkpoint=<dir> / set MAC_MEMORY_CHECKPOINT."
+        )
+    return train_default(recipe or RECIPE, root)
+
+
+def train_default(recipe: DefaultRecipe, root: Path) -> DefaultPaths:
+    """Train the base LM, then the MAC networks, into ``root`` (resumable; idempotent once complete)."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = DefaultPaths(root / "base_lm", root / "mac")
+    if not (paths.base_lm / "config.json").is_file():
+        logger.info("Training the default base LM (once) into %s", root)
+        final = train_base(replace(recipe.base, out=str(root / "base-run"), resume=True))
+        shutil.copytree(final, paths.base_lm, dirs_exist_ok=True)
+    if not (paths.checkpoint / "mac_manifest.json").is_file():
+        logger.info("Meta-training the default MAC networks (once) into %s", root)
+        final = train_mac(replace(recipe.mac, base_lm=str(paths.base_lm), out=str(root / "mac-run"), resume=True))
+        shutil.copytree(final, paths.checkpoint, dirs_exist_ok=True)
+    return paths
+
+
+def load_default(train: bool = False, device: str | None = None):
+    """The default :class:`~mac_memory.model.MACModel` on its base LM (see :func:`default_paths`)."""
+    from ..frozen_lm import FrozenLM
+    from ..model import MACModel
+
+    paths = default_paths(train=train)
+    lm = FrozenLM.from_pretrained(paths.base_lm, device=device)
+    return MACModel.from_pretrained(paths.checkpoint, lm=lm)
+
+
+def default_checkpoint(train: bool = False) -> Path:
+    """Path of the default MAC checkpoint (its base LM: :func:`default_paths`)."""
+    return default_paths(train=train).checkpoint
