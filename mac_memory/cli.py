@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import logging
 import sys
+import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,8 +43,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if f.name.startswith("_"):
             continue
         hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        base = hint
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # Optional[X] / X | None → X
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         name = "--" + f.name.replace("_", "-")

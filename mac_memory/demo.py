@@ -13,8 +13,6 @@ import argparse
 import tempfile
 import time
 
-import torch
-
 DOCUMENTS = [
     "Velmora Quistan was born in Ostravel in 1871 and works for Brindlecorp as a cartographer.",
     "Kado Fen, a violinist, grew up in Marrowick; his sister works for Telvane.",
@@ -28,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    import torch
+
     from .config import AggregatorConfig, AmortizerConfig, BaseLMConfig, MACConfig
     from .frozen_lm import FrozenLM
     from .model import MACModel
