@@ -45,3 +45,31 @@ def require(module: str, extra: str) -> None:
             f"This feature needs the optional dependency {module!r}. "
             f"Install it with: pip install 'mac-memory[{extra}]'"
         )
+
+
+class InvalidInputError(MACError, ValueError):
+    """An argument has a value that cannot work (bad namespace, k, chat messages, ...); the message says which."""
+
+
+class InputTypeError(MACError, TypeError):
+    """An argument has the wrong type (e.g. a document that is not a str); the message names its position."""
+
+
+class InvalidMetadataError(InvalidInputError):
+    """Metadata a store cannot hold: nested dicts, bytes, empty lists, reserved ``mac_`` keys, wrong count."""
+
+
+class DuplicateIdError(InvalidInputError):
+    """The same id appears twice in one call, or an id already belongs to a different document."""
+
+
+class ModulationError(MACError, ValueError):
+    """A modulation cannot be encoded for storage (NaN/Inf values, wrong rank, overflow of the codec)."""
+
+
+class CorruptModulationError(ModulationError):
+    """Stored modulation bytes fail their header, length or checksum check: tampered or truncated, never used."""
+
+
+class StoreConnectionError(MACError, ConnectionError):
+    """The Chroma server cannot be reached; the message names host:port and how to start a server."""

@@ -29,3 +29,15 @@ def format_with_documents(documents: Sequence[str], question: str) -> str:
 def clean_answer(text: str) -> str:
     """The first line of a generation, stripped: the answer format ends at the line break."""
     return text.strip().split("\n", 1)[0].strip()
+
+
+def format_chat(history: Sequence[tuple[str, str]], question: str) -> str:
+    """Earlier chat turns as ``User: ...`` / ``Assistant: ...`` lines, then the question prompt.
+
+    The question keeps the ``Question: ...\\nAnswer:`` format the base LM was warmed up on, so an empty
+    history gives exactly :func:`format_question`. Roles other than user/assistant are not rendered.
+    """
+    names = {"user": "User", "assistant": "Assistant"}
+    lines = [f"{names[role]}: {content.strip()}" for role, content in history if role in names]
+    prompt = format_question(question)
+    return "\n".join(lines) + "\n\n" + prompt if lines else prompt
