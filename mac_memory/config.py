@@ -43,6 +43,14 @@ def _check(cond: bool, section: str, name: str, value: Any, need: str) -> None:
         raise ConfigError(f"{section}.{name}={value!r} is invalid: {need}.")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class _Section:
     """Shared JSON behaviour: dict round-trip that warns (not fails) on keys from newer versions."""
 
@@ -123,7 +131,7 @@ class AmortizerConfig(_Section):
                    f"the {self.kind!r} amortizer needs a backbone hub name or local path")
         for name in ("num_tokens", "d_mem", "max_length", "decoder_layers", "decoder_heads", "head_hidden"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, s, name, value,
+            _check(_is_int(value) and value > 0, s, name, value,
                    "must be a positive integer")
         _check(self.d_mem % self.decoder_heads == 0, s, "d_mem", self.d_mem,
                f"must be divisible by decoder_heads={self.decoder_heads}")
@@ -150,11 +158,12 @@ class AggregatorConfig(_Section):
         s = self._section
         for name in ("num_layers", "num_heads"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value > 0, s, name, value, "must be a positive integer")
-        _check(isinstance(self.window, int) and self.window >= 2, s, "window", self.window,
+            _check(_is_int(value) and value > 0, s, name, value, "must be a positive integer")
+        _check(_is_int(self.window) and self.window >= 2, s, "window", self.window,
                "must be an integer >= 2 (a window of 1 never merges anything)")
-        _check(self.mlp_ratio > 0, s, "mlp_ratio", self.mlp_ratio, "must be > 0")
-        _check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
+        _check(_is_number(self.mlp_ratio) and self.mlp_ratio > 0, s, "mlp_ratio", self.mlp_ratio, "must be > 0")
+        _check(_is_number(self.dropout) and 0.0 <= self.dropout < 1.0, s, "dropout", self.dropout,
+               "must be a number in [0, 1)")
 
 
 @dataclass

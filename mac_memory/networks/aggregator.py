@@ -98,17 +98,21 @@ class AggregationNetwork(nn.Module):
         if doc_mask is None:
             doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
         doc_mask = doc_mask.bool()
+        if not bool(doc_mask.any(dim=1).all()):
+            raise ValueError("Every question needs at least one candidate document to aggregate.")
         if N <= window:
             return self(queries, memory, doc_mask)
 
-        # Each stack entry: (tokens (B, T, d), valid (B,), doc_weights (B, N) as a sparse-in-N tensor).
+        # Each stack entry: (tokens (B, T, d), valid (B,), weights (B, n_span) of the documents it covers).
         levels: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[]]
 
         def merge(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
             tokens = torch.stack([e[0] for e in entries], dim=1)  # (B, w, T, d)
             valid = torch.stack([e[1] for e in entries], dim=1)  # (B, w)
             out = self._safe_window(queries, tokens, valid)
-            doc_w = sum(out.weights[:, i, None] * e[2] for i, e in enumerate(entries))  # (B, N)
+            # Each entry's weights cover only its own contiguous span of documents, so nothing is O(N)
+            # per entry: concatenating the spans (scaled by the entry's share) covers the merged span.
+            doc_w = torch.cat([out.weights[:, i, None] * e[2] for i, e in enumerate(entries)], dim=1)
             return out.tokens, valid.any(dim=1), doc_w
 
         def push(level: int, entry) -> None:
@@ -124,9 +128,7 @@ class AggregationNetwork(nn.Module):
             stop = min(start + window, N)
             valid = doc_mask[:, start:stop]
             out = self._safe_window(queries, memory[:, start:stop], valid)
-            doc_w = out.weights.new_zeros(B, N)
-            doc_w[:, start:stop] = out.weights  # this window's shares at the documents' global indices
-            push(1, (out.tokens, valid.any(dim=1), doc_w))
+            push(1, (out.tokens, valid.any(dim=1), out.weights))
 
         # Flush the partial windows left on each level, bottom-up, into a single root entry.
         root = None
