@@ -58,10 +58,10 @@ class KVLayout:
 def kv_layout_from_config(config: Any) -> KVLayout:
     """Layers, key/value heads (GQA/MQA aware) and head size from a transformers config."""
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head")
+    layers = getattr(text, "num_hidden_layers", None) or text.n_layer
+    heads = getattr(text, "num_attention_heads", None) or text.n_head
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
+    hidden = getattr(text, "hidden_size", None) or text.n_embd
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     return KVLayout(int(layers), int(kv_heads), int(head_dim))
 

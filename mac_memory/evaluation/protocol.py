@@ -71,7 +71,6 @@ class EvalConfig:
     """Document stream: a JSONL(.gz) file, or synthetic:<split> (the synthetic world of world_seed/world_entities)."""
     checkpoint: str | None = None
     """MAC checkpoint directory; unset = the project's default checkpoint."""
-    # ``| None`` on the tuple fields: the CLI helper reads ``tuple[X, ...]`` alone as a single X.
     methods: tuple[str, ...] | None = METHODS
     """Methods to run: no_memory mac_gold mac mac_full rag rag_gold online_ft (None = all)."""
     k: int = 4

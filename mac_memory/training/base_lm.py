@@ -168,7 +168,9 @@ def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, an
 
 
 def weighted_lm_loss(model, input_ids, attention_mask, weights) -> torch.Tensor:
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # right for either padding side
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   use_cache=False).logits[:, :-1]
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
                                             input_ids[:, 1:].reshape(-1), reduction="none")
     w = weights[:, 1:].reshape(-1)
@@ -181,8 +183,8 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
     from ..evaluation.metrics import score_predictions
     from ..frozen_lm import FrozenLM
 
-    was_training = model.training
-    lm = FrozenLM(model, tokenizer, "in-training")
+    was_training, padding_side = model.training, tokenizer.padding_side
+    lm = FrozenLM(model, tokenizer, "in-training")  # switches to eval, frozen, left padding: undone below
     questions = [(d, qa) for d in docs for qa in d.qas[:2]]
     refs = [list(qa.answers) for _, qa in questions]
     out: dict[str, float] = {}
@@ -197,6 +199,7 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
         out[f"{name}_f1"] = score_predictions(preds, refs).f1
     model.train(was_training)
     model.requires_grad_(True)
+    tokenizer.padding_side = padding_side
     return out
 
 
