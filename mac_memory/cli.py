@@ -77,12 +77,11 @@ def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     commands = {
         "demo": ("Run the end-to-end demo on the embedded default.", demo.add_arguments, demo.run),
     }
-    try:
-        from .training import commands as training_commands
+    from .memory.commands import COMMANDS as memory_commands
+    from .training.commands import COMMANDS as training_commands
 
-        commands.update(training_commands.COMMANDS)
-    except ImportError:  # pragma: no cover - training module not present in this build
-        pass
+    commands.update(training_commands)
+    commands.update(memory_commands)
     return commands
 
 
