@@ -11,7 +11,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PY=.venv/bin/python
 stamp=".venv/.mac-memory-installed"
-want="$(cat pyproject.toml integrations/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
+shopt -s nullglob
+manifests=(pyproject.toml integrations/*/pyproject.toml)
+want="$(cat "${manifests[@]}" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -26,7 +28,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing mac-memory and its extras into .venv"
 "$PY" -m pip install -q -e ".[all,dev]"
-for pkg in integrations/*/; do
-  if [ -f "$pkg/pyproject.toml" ]; then "$PY" -m pip install -q -e "$pkg"; fi
+for manifest in integrations/*/pyproject.toml; do
+  "$PY" -m pip install -q -e "$(dirname "$manifest")"
 done
 echo "$want" > "$stamp"
