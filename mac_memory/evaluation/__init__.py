@@ -19,7 +19,6 @@ _LAZY = {
     "retention_plan": "protocol",
     "OnlineFineTuner": "baselines",
     "EmbeddingIndex": "retrieval",
-    "MiniLMEmbedder": "retrieval",
     "default_embedder": "retrieval",
     "markdown_table": "report",
     "plot_report": "report",
@@ -30,13 +29,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .baselines import OnlineFineTuner
     from .protocol import METHODS, EvalConfig, evaluate, load_documents, retention_plan
     from .report import markdown_table, plot_report, write_report
-    from .retrieval import EmbeddingIndex, MiniLMEmbedder, default_embedder
+    from .retrieval import EmbeddingIndex, default_embedder
 
 __all__ = [
     "METHODS",
     "EmbeddingIndex",
     "EvalConfig",
-    "MiniLMEmbedder",
     "OnlineFineTuner",
     "Scores",
     "default_embedder",

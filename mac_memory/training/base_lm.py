@@ -20,8 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ..data.stream import Document, load_stream
 from ..data.synthetic import WorldConfig, generate_world, iter_documents
 from ..prompts import format_qa, format_with_documents
+from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +204,6 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
     return out
 
 
-def _latest_checkpoint(out: Path) -> Path | None:
-    steps = sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return steps[-1] if steps else None
-
-
 def train_base(cfg: BaseTrainConfig) -> Path:
     """Run base-LM preparation; returns the directory of the final model (HF format, safetensors)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -219,7 +215,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     world = _training_world(cfg)
     val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"][:48]
     start_step = 0
-    resume_from = _latest_checkpoint(out) if cfg.resume else None
+    resume_from = latest_checkpoint(out) if cfg.resume else None
     if resume_from is not None:
         model = AutoModelForCausalLM.from_pretrained(resume_from)
         tokenizer = AutoTokenizer.from_pretrained(resume_from)
@@ -241,10 +237,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True))
 
     def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
 
     # Fresh entities differ per resume so a restarted run never replays the same reading examples.
     stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step)
@@ -276,9 +269,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             tokenizer.save_pretrained(ckpt)
             torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
             (ckpt / "trainer_state.json").write_text(json.dumps({"step": step + 1}))
-            for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
-                import shutil
-
+            for old in step_checkpoints(out)[:-2]:
                 shutil.rmtree(old)
             logger.info("step %d: %s", step + 1, {k: round(v, 3) for k, v in record.items()})
         log.write(json.dumps(record) + "\n")

@@ -35,6 +35,7 @@ from ..data.synthetic import WorldConfig, generate_world
 from ..evaluation.metrics import score_predictions
 from ..frozen_lm import FrozenLM
 from ..model import MACModel
+from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -199,11 +200,6 @@ def validate(mac: MACModel, docs: list[Document], n_questions: int, batch_size: 
     return out
 
 
-def _latest(out: Path) -> Path | None:
-    steps = sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return steps[-1] if steps else None
-
-
 def train_mac(cfg: MetaTrainConfig) -> Path:
     """Meta-train MAC; returns the directory of the final checkpoint."""
     from accelerate import Accelerator
@@ -217,7 +213,7 @@ def train_mac(cfg: MetaTrainConfig) -> Path:
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(cfg.out)
-    resume_from = _latest(out) if cfg.resume else None
+    resume_from = latest_checkpoint(out) if cfg.resume else None
     torch.manual_seed(cfg.seed + accelerator.process_index)
     rng = random.Random(cfg.seed * 1000 + accelerator.process_index)
 
@@ -236,10 +232,7 @@ def train_mac(cfg: MetaTrainConfig) -> Path:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_lambda(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(step, cfg.warmup, cfg.steps)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     # The scheduler is stepped by hand once per optimizer step: a prepared one steps once per process.
@@ -305,7 +298,7 @@ def _save_step(mac: MACModel, optimizer, scheduler, out: Path, step: int, rng: r
     rng.seed(seed)  # the resumed run re-seeds with this and continues the same sample sequence
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                 "rng_seed": seed}, path / "trainer_state.pt")
-    for old in sorted(out.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+    for old in step_checkpoints(out)[:-keep]:
         shutil.rmtree(old)
 
 
