@@ -73,3 +73,26 @@ class CorruptModulationError(ModulationError):
 
 class StoreConnectionError(MACError, ConnectionError):
     """The Chroma server cannot be reached; the message names host:port and how to start a server."""
+
+
+def check_texts(texts: object, noun: str = "text", *, item: str | None = None,
+                allow_empty: bool = False) -> list[str]:
+    """Refuse a bare str, non-str items and empty/whitespace-only items, naming the item's position.
+
+    ``item`` formats an item's name from its index (default ``"<noun> {}"``, e.g. ``"document 3"``).
+    """
+    from collections.abc import Sequence
+
+    name = item or f"{noun} {{}}"
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        got = "a single str" if isinstance(texts, str) else type(texts).__name__
+        raise InputTypeError(f"Expected a list of {noun}s, got {got}; wrap a single {noun} in a list.")
+    texts = list(texts)
+    if not texts and not allow_empty:
+        raise EmptyInputError(f"Got an empty list of {noun}s.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputTypeError(f"{name.format(i)} must be a str, got {type(text).__name__}.")
+        if not text.strip():
+            raise EmptyInputError(f"{name.format(i)} is empty or whitespace only; give it some content.")
+    return texts

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import BaseModelMismatchError, EmptyInputError
+from .errors import BaseModelMismatchError, check_texts
 from .prefix import PrefixKV, prefixed_mask, prefixed_positions
 from .prompts import clean_answer, format_qa, format_question
 
@@ -153,12 +153,7 @@ class FrozenLM:
     def tokenize(self, texts: Sequence[str], max_length: int | None = None,
                  add_eos: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``(input_ids, attention_mask)``; empty texts are refused."""
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"text {i} must be a str, got {type(text).__name__}.")
-            if not text.strip():
-                raise EmptyInputError(f"text {i} is empty or whitespace only; give it some content.")
+        texts = check_texts(texts, "text")
         if add_eos:
             texts = [t + self.tokenizer.eos_token for t in texts]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=max_length is not None,
@@ -174,10 +169,10 @@ class FrozenLM:
         full = [format_qa(q, a) for q, a in zip(questions, answers)]
         input_ids, attention_mask = self.tokenize(full, max_length=max_length, add_eos=True)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
-        for row, prompt in enumerate(prompts):
+        prompt_lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        pads = (attention_mask == 0).sum(dim=1).tolist()
+        for row, (n_prompt, start) in enumerate(zip(prompt_lengths, pads)):
             # Left padding: the prompt occupies the first n_prompt real tokens of the row.
-            n_prompt = len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-            start = int((attention_mask[row] == 0).sum())
             labels[row, start : start + n_prompt] = -100
         return input_ids, attention_mask, labels
 

@@ -31,9 +31,10 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import BaseLMConfig, MACConfig
+from .errors import check_texts
 from .frozen_lm import FrozenLM
 from .networks.aggregator import Aggregated, AggregationNetwork
-from .networks.amortizer import Amortizer, KVAnchoredAmortizer, build_amortizer, check_texts
+from .networks.amortizer import Amortizer, KVAnchoredAmortizer, build_amortizer
 from .networks.modulation import PrefixProjector
 from .prefix import PrefixKV
 

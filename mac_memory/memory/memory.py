@@ -44,6 +44,7 @@ from ..errors import (
     InputTypeError,
     InvalidInputError,
     InvalidMetadataError,
+    check_texts,
 )
 from ..prefix import PrefixKV
 from ..prompts import clean_answer, format_chat, format_question
@@ -603,17 +604,7 @@ class MACMemory:
     def _validated(
         self, texts: Any, metadatas: Any, ids: Any, ns: str
     ) -> list[tuple[str, str, dict[str, Any]]]:
-        if isinstance(texts, str) or not isinstance(texts, Sequence):
-            raise InputTypeError(
-                f"texts must be a list of str, got {type(texts).__name__}"
-                + ("; wrap a single text in a list." if isinstance(texts, str) else ".")
-            )
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise InputTypeError(f"texts[{i}] must be a str, got {type(text).__name__}.")
-            if not text.strip():
-                raise EmptyInputError(f"texts[{i}] is empty or whitespace only; nothing was added.")
+        texts = check_texts(texts, "text", item="texts[{}]", allow_empty=True)
         if metadatas is None:
             metadatas = [None] * len(texts)
         elif isinstance(metadatas, Mapping) or not isinstance(metadatas, Sequence):

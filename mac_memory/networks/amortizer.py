@@ -24,24 +24,9 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..config import AmortizerConfig
-from ..errors import EmptyInputError
+from ..errors import check_texts
 from ..frozen_lm import FrozenLM
 from .blocks import CrossAttentionBlock, PerTokenMLP
-
-
-def check_texts(texts: Sequence[str], what: str = "text") -> list[str]:
-    """Refuse non-strings and empty/whitespace-only texts with an error that names the position."""
-    if isinstance(texts, str):
-        raise TypeError(f"Expected a list of {what}s, got a single str; wrap it in a list.")
-    texts = list(texts)
-    if not texts:
-        raise EmptyInputError(f"Got an empty list of {what}s.")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"{what} {i} must be a str, got {type(text).__name__}.")
-        if not text.strip():
-            raise EmptyInputError(f"{what} {i} is empty or whitespace only; give it some content.")
-    return texts
 
 
 class Amortizer(nn.Module):
@@ -73,7 +58,7 @@ class _BackboneAmortizer(Amortizer):
         return int(getattr(cfg, "d_model", None) or cfg.hidden_size)
 
     def _tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = check_texts(texts)
+        texts = check_texts(texts, "document")
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length)
         device = self.backbone.device
         return enc["input_ids"].to(device), enc["attention_mask"].to(device)
@@ -150,7 +135,7 @@ class KVAnchoredAmortizer(Amortizer):
 
     def pooled_kv(self, texts: Sequence[str]) -> torch.Tensor:
         """``(B, T, n_layers * 2 * kv_dim)``: each slot's pooled keys and values, concatenated over layers."""
-        texts = check_texts(texts)
+        texts = check_texts(texts, "document")
         read = self.lm.read(*self.lm.tokenize(texts, max_length=self.max_length))  # K/V (L, B, H, n, D)
         keys, values = read.keys.float(), read.values.float()
         scale = 1.0 / math.sqrt(keys.shape[-1])
