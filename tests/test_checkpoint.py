@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from helpers import DOCS, QUESTIONS, ROOT
 from safetensors.torch import load_file
 
 from mac_memory.checkpoint import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, _sha256
+from mac_memory.config import BaseLMConfig
 from mac_memory.errors import BaseModelMismatchError, CheckpointError
 from mac_memory.model import MACModel
 
@@ -143,6 +145,36 @@ def test_reload_in_process_keeps_every_weight(saved, lms):
     theirs = dict(loaded.named_parameters())
     assert all(torch.equal(p, theirs[n]) for n, p in mac.named_parameters())
     assert not loaded.training
+
+
+def test_checkpoint_moved_together_with_its_base_lm_still_loads(saved, tiny_paths, tmp_path):
+    """A (base_lm, mac) pair copied elsewhere (e.g. shipped in a package) finds its LM beside it."""
+    from mac_memory.frozen_lm import FrozenLM
+
+    mac, _ = saved
+    pair = tmp_path / "pair"
+    shutil.copytree(tiny_paths["llama"], pair / "base_lm")
+    lm = FrozenLM.from_pretrained(pair / "base_lm", device="cpu")
+    moved_from = MACModel(replace(mac.config, base_lm=BaseLMConfig(str(pair / "base_lm"))), lm)
+    moved_from.load_state_dict(mac.state_dict())
+    moved_from.save_pretrained(pair / "mac")
+    shutil.move(str(pair), str(tmp_path / "moved"))
+    loaded = MACModel.from_pretrained(tmp_path / "moved" / "mac")  # recorded path is gone: relative path used
+    assert Path(loaded.lm.name_or_path) == (tmp_path / "moved" / "base_lm").resolve()
+    assert loaded.fingerprint() == mac.fingerprint()
+
+
+def test_checkpoint_whose_local_base_lm_is_gone_says_so(saved, tiny_paths, tmp_path):
+    mac, _ = saved
+    shutil.copytree(tiny_paths["llama"], tmp_path / "lm")
+    from mac_memory.frozen_lm import FrozenLM
+
+    config = replace(mac.config, base_lm=BaseLMConfig(str(tmp_path / "lm")))
+    own = MACModel(config, FrozenLM.from_pretrained(tmp_path / "lm", device="cpu"))
+    own.save_pretrained(tmp_path / "ckpt")
+    shutil.rmtree(tmp_path / "lm")
+    with pytest.raises(CheckpointError, match="does not exist here"):
+        MACModel.from_pretrained(tmp_path / "ckpt")
 
 
 def test_same_lm_in_bfloat16_is_accepted(saved, frozen_lm):

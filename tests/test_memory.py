@@ -356,8 +356,9 @@ def test_default_checkpoint_is_pluggable(monkeypatch, tmp_path, tiny, embedder):
 
     monkeypatch.delenv("MAC_MEMORY_CHECKPOINT", raising=False)
     monkeypatch.setattr(memory_module, "_checkpoint_resolvers", [])
-    for name in ("mac_memory.training", "mac_memory.training.default"):  # no trained default available
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    from mac_memory.training import default as default_module
+
+    monkeypatch.setattr(default_module, "PACKAGED", tmp_path / "nothing-packaged")  # no trained default available
     monkeypatch.setenv("MAC_MEMORY_HOME", str(tmp_path / "home"))
     with pytest.raises(CheckpointError, match="no default checkpoint yet") as info:
         MACMemory(embedder=embedder)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import random
 import time
@@ -189,22 +188,9 @@ def load_documents(config: EvalConfig) -> list[Document]:
 def load_mac(config: EvalConfig) -> MACModel:
     """The checkpoint of ``config.checkpoint``, or the project's default checkpoint when it is unset."""
     from ..model import MACModel
+    from ..training.default import default_checkpoint
 
-    path = config.checkpoint
-    if path is None:
-        if importlib.util.find_spec("mac_memory.training.default") is None:
-            raise ConfigError(
-                "No --checkpoint given and this install has no default checkpoint "
-                "(mac_memory.training.default). Train one with `mac-memory train` and pass "
-                "--checkpoint DIR."
-            )
-        from ..training import default  # type: ignore[attr-defined]
-
-        found = default.default_checkpoint()
-        if isinstance(found, MACModel):
-            return found.eval()
-        path = str(found)
-    return MACModel.from_pretrained(path, device=config.device).eval()
+    return MACModel.from_pretrained(config.checkpoint or default_checkpoint(), device=config.device).eval()
 
 
 def retention_plan(n_docs: int, first: int, factors: Sequence[int]) -> tuple[int, tuple[int, ...]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import logging
 import os
 import sys
@@ -37,7 +36,6 @@ import torch
 
 from ..errors import (
     BaseModelMismatchError,
-    CheckpointError,
     ConfigError,
     DuplicateIdError,
     EmptyInputError,
@@ -206,31 +204,19 @@ def register_default_checkpoint(resolver: Callable[[], Any]) -> None:
 
 
 def resolve_default_checkpoint() -> Any:
-    """The default checkpoint: ``$MAC_MEMORY_CHECKPOINT``, a registered resolver, or the training module's.
+    """The default checkpoint: a registered resolver's, else the embedded default's.
 
-    The training module's ``default_checkpoint()`` (``mac_memory.training.default``) is asked last; its
-    own :class:`~mac_memory.errors.CheckpointError` (which says how to train the default) propagates.
-    Raises :class:`~mac_memory.errors.CheckpointError` when no source is available at all.
+    The embedded default (:func:`mac_memory.training.default.default_checkpoint`, which also honours
+    ``$MAC_MEMORY_CHECKPOINT``) raises a :class:`~mac_memory.errors.CheckpointError` that says how to
+    train it when there is none yet.
     """
-    if os.environ.get("MAC_MEMORY_CHECKPOINT"):
-        return os.environ["MAC_MEMORY_CHECKPOINT"]
     for resolver in reversed(_checkpoint_resolvers):
         found = resolver()
         if found is not None:
             return found
-    for module in ("mac_memory.training.default", "mac_memory.training"):
-        try:
-            resolver = getattr(importlib.import_module(module), "default_checkpoint", None)
-        except ImportError:
-            continue
-        if callable(resolver):
-            found = resolver()
-            if found is not None:
-                return found
-    raise CheckpointError(
-        "no default checkpoint yet: train one with `mac-memory demo` or pass checkpoint= "
-        "(a directory written by MACModel.save_pretrained) or model=."
-    )
+    from ..training.default import default_checkpoint
+
+    return default_checkpoint()
 
 
 # ----------------------------------------------------------------------------- helpers

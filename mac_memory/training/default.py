@@ -82,8 +82,8 @@ def default_paths(train: bool = False, recipe: DefaultRecipe | None = None, out:
         return cached
     if not train:
         raise CheckpointError(
-            "No default MAC checkpoint yet. Run `mac-memory demo` (trains it once, minutes on a CPU) or "
-            "`mac-memory train-default`, or pass checkpoint=<dir> / set MAC_MEMORY_CHECKPOINT."
+            "There is no default checkpoint yet. Run `mac-memory demo` (trains it once, minutes on a CPU) "
+            "or `mac-memory train-default`, or pass checkpoint=<dir> / set MAC_MEMORY_CHECKPOINT."
         )
     return train_default(recipe or RECIPE, root)
 
@@ -103,14 +103,13 @@ def train_default(recipe: DefaultRecipe, root: Path) -> DefaultPaths:
     return paths
 
 
-def load_default(train: bool = False, device: str | None = None):
+def load_default(train: bool = False, device: str | None = None, paths: DefaultPaths | None = None):
     """The default :class:`~mac_memory.model.MACModel` on its base LM (see :func:`default_paths`)."""
     from ..frozen_lm import FrozenLM
     from ..model import MACModel
 
-    paths = default_paths(train=train)
-    lm = FrozenLM.from_pretrained(paths.base_lm, device=device)
-    return MACModel.from_pretrained(paths.checkpoint, lm=lm)
+    paths = paths or default_paths(train=train)
+    return MACModel.from_pretrained(paths.checkpoint, lm=FrozenLM.from_pretrained(paths.base_lm, device=device))
 
 
 def default_checkpoint(train: bool = False) -> Path:
