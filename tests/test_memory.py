@@ -529,7 +529,7 @@ def test_stream_chat_messages_and_async(make_memory, tiny):
 def test_cli_commands_ingest_ask_stats_reindex(tmp_path, tiny, capsys):
     import argparse
 
-    from mac_memory.memory.commands import COMMANDS
+    from mac_memory.cli.memory import COMMANDS
 
     def run(name: str, *argv: str) -> str:
         _, add_arguments, fn = COMMANDS[name]

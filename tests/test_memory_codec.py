@@ -243,7 +243,7 @@ def test_heavy_imports_stay_out_of_import_time():
     import sys
 
     code = (
-        "import sys, mac_memory, mac_memory.memory.commands as c\n"
+        "import sys, mac_memory, mac_memory.cli.memory as c\n"
         "assert set(c.COMMANDS) == {'ingest', 'ask', 'reindex', 'stats'}\n"
         "heavy = {'chromadb', 'sentence_transformers', 'torch'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"

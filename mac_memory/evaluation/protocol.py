@@ -30,14 +30,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataFormatError
@@ -52,7 +50,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions: `mac-memory --help
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "EvalConfig", "add_arguments", "evaluate", "load_documents", "retention_plan", "run"]
+__all__ = ["METHODS", "EvalConfig", "evaluate", "load_documents", "retention_plan"]
 
 METHODS: tuple[str, ...] = ("no_memory", "mac_gold", "mac", "mac_full", "rag", "rag_gold", "online_ft")
 """Every method the protocol knows, in report order."""
@@ -671,24 +669,3 @@ def evaluate(
 
         write_report(report, config.out)
     return report
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``mac-memory eval`` options: one per :class:`EvalConfig` field."""
-    from ..cli import add_dataclass_arguments
-
-    add_dataclass_arguments(parser, EvalConfig)
-
-
-def run(ns: argparse.Namespace) -> int:
-    """``mac-memory eval``: evaluate, write the report, print its Markdown table."""
-    from ..cli import dataclass_from_args
-    from .report import markdown_table
-
-    config = dataclass_from_args(EvalConfig, ns)
-    report = evaluate(config)
-    print(markdown_table(report))
-    if config.out:
-        out = Path(config.out)
-        print(f"\nreport: {out} ({out.with_suffix('.md').name}, {out.with_suffix('.png').name})")
-    return 0

@@ -77,8 +77,8 @@ def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     commands = {
         "demo": ("Run the end-to-end demo on the embedded default.", demo.add_arguments, demo.run),
     }
-    from .memory.commands import COMMANDS as memory_commands
-    from .training.commands import COMMANDS as training_commands
+    from .memory import COMMANDS as memory_commands
+    from .training import COMMANDS as training_commands
 
     commands.update(training_commands)
     commands.update(memory_commands)
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .errors import MACError
+    from ..errors import MACError
 
     try:
         return int(commands[ns.command][2](ns) or 0)

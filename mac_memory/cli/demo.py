@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(ns: argparse.Namespace) -> int:
     if ns.engine:
         return run_engine(ns.seed)
-    from .evaluation.protocol import EvalConfig, evaluate
-    from .evaluation.report import markdown_table
-    from .training.default import RECIPE, default_paths, load_default
+    from ..evaluation.protocol import EvalConfig, evaluate
+    from ..evaluation.report import markdown_table
+    from ..training.default import RECIPE, default_paths, load_default
 
     start = time.perf_counter()
     paths = default_paths(train=True)
@@ -64,10 +64,10 @@ def run_engine(seed: int = 0) -> int:
     """The mechanics with tiny, untrained, in-process models: amortize, aggregate, generate."""
     import torch
 
-    from .config import AggregatorConfig, AmortizerConfig, BaseLMConfig, MACConfig
-    from .frozen_lm import FrozenLM
-    from .model import MACModel
-    from .tiny_models import save_tiny
+    from ..config import AggregatorConfig, AmortizerConfig, BaseLMConfig, MACConfig
+    from ..frozen_lm import FrozenLM
+    from ..model import MACModel
+    from ..tiny_models import save_tiny
 
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:

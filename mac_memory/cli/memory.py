@@ -51,7 +51,7 @@ def _memory_args(parser: argparse.ArgumentParser, namespace: bool = True) -> Non
 
 
 def _open(ns: argparse.Namespace, **kwargs: Any) -> Any:
-    from .memory import MACMemory
+    from ..memory import MACMemory
 
     return MACMemory(
         ns.path,
