@@ -12,7 +12,7 @@ fi
 PY=.venv/bin/python
 stamp=".venv/.mac-memory-installed"
 shopt -s nullglob
-manifests=(pyproject.toml integrations/*/pyproject.toml)
+manifests=(pyproject.toml integrations/*/pyproject.toml integrations/*/*/pyproject.toml)
 want="$(cat "${manifests[@]}" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -28,7 +28,12 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing mac-memory and its extras into .venv"
 "$PY" -m pip install -q -e ".[all,dev]"
-for manifest in integrations/*/pyproject.toml; do
-  "$PY" -m pip install -q -e "$(dirname "$manifest")"
+# Integration packages (LangChain, LlamaIndex): each its own distribution, installed editable.
+integration_dirs=()
+for manifest in integrations/*/pyproject.toml integrations/*/*/pyproject.toml; do
+  integration_dirs+=(-e "$(dirname "$manifest")")
 done
+if [ ${#integration_dirs[@]} -gt 0 ]; then
+  "$PY" -m pip install -q "${integration_dirs[@]}"
+fi
 echo "$want" > "$stamp"

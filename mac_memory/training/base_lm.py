@@ -76,6 +76,10 @@ class BaseTrainConfig:
     """AdamW weight decay."""
     answer_weight: float = 4.0
     """Extra weight of answer tokens in the LM loss."""
+    text_weight: float = 1.0
+    """Weight of every other token (below 1 focuses the gradient on reading: answers over invented names)."""
+    reading_questions: int = 4
+    """Most questions asked after the document in one reading example (1..this, each with its answer)."""
     reading_fraction: float = 0.7
     """Share of examples that are fresh document + questions → answers."""
     qa_fraction: float = 0.15
@@ -98,9 +102,9 @@ def _training_world(cfg: BaseTrainConfig) -> list[Document]:
     return generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["train"]
 
 
-def _reading_text(doc: Document, rng: random.Random) -> tuple[str, list[str]]:
-    """Document, then 1–4 of its questions each followed by its answer; returns text and answers."""
-    qas = rng.sample(list(doc.qas), k=min(len(doc.qas), rng.randint(1, 4)))
+def _reading_text(doc: Document, rng: random.Random, most: int = 4) -> tuple[str, list[str]]:
+    """Document, then 1..``most`` of its questions each followed by its answer; returns text and answers."""
+    qas = rng.sample(list(doc.qas), k=min(len(doc.qas), rng.randint(1, most)))
     first = qas[0]
     text = format_with_documents([doc.context], first.question) + " " + first.answers[0]
     for qa in qas[1:]:
@@ -116,7 +120,7 @@ def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int)
     while True:
         r = rng.random()
         if r < cfg.reading_fraction:
-            yield _reading_text(next(fresh), rng)
+            yield _reading_text(next(fresh), rng, cfg.reading_questions)
         elif r < cfg.reading_fraction + cfg.qa_fraction:
             q, a = rng.choice(qa_pairs)
             yield format_qa(q, a), [a]
@@ -148,12 +152,14 @@ def _build_from_scratch(cfg: BaseTrainConfig, world: list[Document]):
     return AutoModelForCausalLM.from_config(config), tokenizer
 
 
-def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, answer_weight: float):
-    """Right-padded ids, mask and per-token loss weights (answers weighted up, padding 0)."""
+def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, answer_weight: float,
+           text_weight: float = 1.0):
+    """Right-padded ids, mask and per-token loss weights (answers ``answer_weight``, other tokens
+    ``text_weight``, padding 0)."""
     eos = tokenizer.eos_token
     enc = tokenizer([t + eos for t, _ in examples], return_tensors="pt", padding=True, truncation=True,
                     max_length=max_length, return_offsets_mapping=True)
-    weights = enc["attention_mask"].float().clone()
+    weights = enc["attention_mask"].float() * text_weight
     for row, (text, answers) in enumerate(examples):
         offsets = enc["offset_mapping"][row].tolist()
         for ans in answers:
@@ -250,7 +256,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         total = 0.0
         for _ in range(cfg.grad_accum):
             examples = [next(stream) for _ in range(cfg.batch_size)]
-            ids, mask, weights = _batch(tokenizer, examples, cfg.max_length, cfg.answer_weight)
+            ids, mask, weights = _batch(tokenizer, examples, cfg.max_length, cfg.answer_weight, cfg.text_weight)
             loss = weighted_lm_loss(model, ids, mask, weights) / cfg.grad_accum
             loss.backward()
             total += float(loss.detach())
