@@ -21,9 +21,10 @@ import itertools
 import json
 import logging
 import random
+import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -80,6 +81,9 @@ class BaseTrainConfig:
     """Weight of every other token (below 1 focuses the gradient on reading: answers over invented names)."""
     reading_questions: int = 4
     """Most questions asked after the document in one reading example (1..this, each with its answer)."""
+    curriculum_steps: int = 0
+    """Reading curriculum: over the first N steps, reading documents keep their answer sentences plus a
+    growing share of the others (distractors come back gradually); 0 = whole documents from the start."""
     reading_fraction: float = 0.7
     """Share of examples that are fresh document + questions → answers."""
     qa_fraction: float = 0.15
@@ -102,25 +106,49 @@ def _training_world(cfg: BaseTrainConfig) -> list[Document]:
     return generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["train"]
 
 
-def _reading_text(doc: Document, rng: random.Random, most: int = 4) -> tuple[str, list[str]]:
-    """Document, then 1..``most`` of its questions each followed by its answer; returns text and answers."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _shortened(context: str, answers: list[str], keep_others: float, rng: random.Random) -> str:
+    """``context`` with every sentence holding an answer and a ``keep_others`` share of the rest, in order."""
+    sentences = _SENTENCE_END.split(context.strip())
+    needed = [any(re.search(rf"\b{re.escape(a)}\b", s) for a in answers) for s in sentences]
+    others = [i for i, n in enumerate(needed) if not n]
+    kept = set(rng.sample(others, k=round(keep_others * len(others))))
+    return " ".join(s for i, s in enumerate(sentences) if needed[i] or i in kept)
+
+
+def _reading_text(doc: Document, rng: random.Random, most: int = 4, keep_others: float = 1.0
+                  ) -> tuple[str, list[str]]:
+    """Document, then 1..``most`` of its questions each followed by its answer; returns text and answers.
+
+    ``keep_others`` below 1 drops that share of the sentences that answer none of the chosen questions.
+    """
     qas = rng.sample(list(doc.qas), k=min(len(doc.qas), rng.randint(1, most)))
     first = qas[0]
-    text = format_with_documents([doc.context], first.question) + " " + first.answers[0]
+    context = doc.context
+    if keep_others < 1.0:
+        context = _shortened(context, [qa.answers[0] for qa in qas], keep_others, rng)
+    text = format_with_documents([context], first.question) + " " + first.answers[0]
     for qa in qas[1:]:
         text += "\n" + format_qa(qa.question, qa.answers[0])
     return text, [qa.answers[0] for qa in qas]
 
 
-def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int) -> Iterator[tuple[str, list[str]]]:
-    """Endless mixture of (text, answers): reading examples on fresh entities, closed-book QA, documents."""
+def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int,
+                   progress: Callable[[], float] = lambda: 1.0) -> Iterator[tuple[str, list[str]]]:
+    """Endless mixture of (text, answers): reading examples on fresh entities, closed-book QA, documents.
+
+    ``progress()`` (0..1) is how far the reading curriculum has got: the share of non-answer sentences
+    reading documents keep.
+    """
     rng = random.Random(cfg.seed)
     fresh = iter_documents(seed=fresh_seed)
     qa_pairs = [(qa.question, qa.answers[0]) for d in world for qa in d.qas]
     while True:
         r = rng.random()
         if r < cfg.reading_fraction:
-            yield _reading_text(next(fresh), rng, cfg.reading_questions)
+            yield _reading_text(next(fresh), rng, cfg.reading_questions, min(1.0, progress()))
         elif r < cfg.reading_fraction + cfg.qa_fraction:
             q, a = rng.choice(qa_pairs)
             yield format_qa(q, a), [a]
@@ -246,11 +274,14 @@ def train_base(cfg: BaseTrainConfig) -> Path:
         return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
 
     # Fresh entities differ per resume so a restarted run never replays the same reading examples.
-    stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step)
+    current = [start_step]
+    stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step,
+                            progress=lambda: current[0] / cfg.curriculum_steps if cfg.curriculum_steps else 1.0)
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-base")
     tokens_seen, t0 = 0, time.time()
     for step in bar:
+        current[0] = step
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         total = 0.0
