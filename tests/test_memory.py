@@ -485,6 +485,16 @@ def test_stream_chat_messages_and_async(make_memory, tiny):
     # A chat with no history is the plain question prompt: same answer, same sources.
     chat = memory.chat([{"role": "user", "content": QUESTION}], k=3, max_new_tokens=8)
     assert (chat.text, chat.sources) == (answer.text, answer.sources)
+    # Streaming a chat with history joins to the non-streamed chat reply, sources known up front.
+    turns = [
+        {"role": "user", "content": "Hello there."},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": QUESTION},
+    ]
+    replied = memory.chat(turns, k=3, max_new_tokens=8)
+    chat_stream = memory.chat_stream(turns, k=3, max_new_tokens=8)
+    assert chat_stream.sources == replied.sources
+    assert "".join(chat_stream) == chat_stream.text == replied.text
     ids = memory.add_messages(
         [
             {"role": "system", "content": "be brief"},
