@@ -31,7 +31,9 @@ echo "[setup] installing mac-memory and its extras into .venv"
 # Integration packages (LangChain, LlamaIndex): each its own distribution, installed editable.
 integration_dirs=()
 for manifest in integrations/*/pyproject.toml integrations/*/*/pyproject.toml; do
-  integration_dirs+=(-e "$(dirname "$manifest")")
+  dir="$(dirname "$manifest")"
+  if grep -qE '^test *=' "$manifest"; then dir="$dir[test]"; fi  # with the packages its tests need
+  integration_dirs+=(-e "$dir")
 done
 if [ ${#integration_dirs[@]} -gt 0 ]; then
   "$PY" -m pip install -q "${integration_dirs[@]}"
