@@ -44,10 +44,16 @@ class DefaultRecipe:
 
     base: BaseTrainConfig = field(default_factory=lambda: BaseTrainConfig(
         world_entities=4000, vocab_size=1024, hidden_size=128, num_layers=3, num_heads=4, num_kv_heads=2,
-        steps=1500, batch_size=16, lr=2e-3, warmup=100, eval_every=500, max_length=256))
+        steps=3000, batch_size=16, lr=2e-3, warmup=100, eval_every=500, max_length=256,
+        reading_questions=7, text_weight=0.25, reading_fraction=0.85, qa_fraction=0.08))
+    mac_gold: MetaTrainConfig | None = field(default_factory=lambda: MetaTrainConfig(
+        world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="gold",
+        steps=300, batch_size=16, lr=1e-3, warmup=30, eval_every=100, eval_questions=64))
+    """First rung of the ladder: each question sees only its own document (None = skip)."""
     mac: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(
         world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="batch",
         steps=600, batch_size=16, lr=1e-3, warmup=50, eval_every=200, eval_questions=64))
+    """Then the paper's objective: the batch's documents are the memory (starts from ``mac_gold``)."""
 
 
 RECIPE = DefaultRecipe()
@@ -98,7 +104,12 @@ def train_default(recipe: DefaultRecipe, root: Path) -> DefaultPaths:
         shutil.copytree(final, paths.base_lm, dirs_exist_ok=True)
     if not (paths.checkpoint / "mac_manifest.json").is_file():
         logger.info("Meta-training the default MAC networks (once) into %s", root)
-        final = train_mac(replace(recipe.mac, base_lm=str(paths.base_lm), out=str(root / "mac-run"), resume=True))
+        init = None
+        if recipe.mac_gold is not None:
+            init = str(train_mac(replace(recipe.mac_gold, base_lm=str(paths.base_lm), out=str(root / "mac-gold-run"),
+                                         resume=True)))
+        final = train_mac(replace(recipe.mac, base_lm=str(paths.base_lm), out=str(root / "mac-run"), resume=True,
+                                  init=init))
         shutil.copytree(final, paths.checkpoint, dirs_exist_ok=True)
     return paths
 
