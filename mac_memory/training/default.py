@@ -48,7 +48,7 @@ class DefaultRecipe:
         reading_questions=7, text_weight=0.25, reading_fraction=0.85, qa_fraction=0.08))
     mac_gold: MetaTrainConfig | None = field(default_factory=lambda: MetaTrainConfig(
         world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="gold",
-        steps=300, batch_size=16, lr=1e-3, warmup=30, eval_every=100, eval_questions=64))
+        steps=300, batch_size=16, lr=3e-3, warmup=30, eval_every=100, eval_questions=64))
     """First rung of the ladder: each question sees only its own document (None = skip)."""
     mac: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(
         world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="batch",
