@@ -77,11 +77,13 @@ def _commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None
     commands = {
         "demo": ("Run the end-to-end demo on the embedded default.", demo.add_arguments, demo.run),
     }
+    from .bench import COMMANDS as bench_commands
     from .memory import COMMANDS as memory_commands
     from .training import COMMANDS as training_commands
 
     commands.update(training_commands)
     commands.update(memory_commands)
+    commands.update(bench_commands)
     return commands
 
 
