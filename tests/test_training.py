@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mac_memory.cli import main
 from mac_memory.frozen_lm import FrozenLM
@@ -113,3 +114,34 @@ def test_bad_training_options_are_refused():
         MetaTrainConfig(memory="everything")
     with pytest.raises(ConfigError, match="backprop_dropout"):
         MetaTrainConfig(backprop_dropout=1.0)
+
+
+def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads(tmp_path, monkeypatch):
+    """train-default's two MAC rungs (gold, then batch from it) and the float16 copy shipped in the package."""
+    from dataclasses import replace
+
+    from safetensors import safe_open
+
+    from mac_memory.training import default
+
+    base = BaseTrainConfig(world_entities=30, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
+                           num_kv_heads=1, steps=4, batch_size=4, eval_every=4, warmup=1, max_length=128)
+    rung = _meta_cfg("unused", "unused", steps=3, eval_every=3, batch_size=4)
+    recipe = default.DefaultRecipe(base=base, mac_gold=replace(rung, memory="gold"), mac=rung)
+    paths = default.train_default(recipe, tmp_path / "cache")
+    assert (tmp_path / "cache" / "mac-gold-run" / "final" / "mac_manifest.json").is_file()
+    batch_cfg = json.loads((tmp_path / "cache" / "mac-run" / "train_config.json").read_text())
+    assert batch_cfg["init"].endswith("mac-gold-run/final") and batch_cfg["memory"] == "batch"
+
+    packaged = default.package_default(paths, tmp_path / "assets")
+    with safe_open(str(packaged.checkpoint / "mac_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    with safe_open(str(packaged.base_lm / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    monkeypatch.delenv("MAC_MEMORY_CHECKPOINT", raising=False)
+    monkeypatch.setattr(default, "PACKAGED", tmp_path / "assets")
+    assert default.default_paths() == packaged  # the packaged copy comes first
+    mac = default.load_default(device="cpu")  # float32 LM from float16 weights passes the identity check
+    trained = default.load_default(device="cpu", paths=paths)
+    for (name, a), (_, b) in zip(sorted(mac.state_dict().items()), sorted(trained.state_dict().items())):
+        assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), name

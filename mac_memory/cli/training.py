@@ -31,6 +31,9 @@ def _train_default_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gold-steps", type=int, default=None,
                         help="override the recipe's gold-memory MAC steps (0 = skip that rung)")
     parser.add_argument("--mac-steps", type=int, default=None, help="override the recipe's MAC steps")
+    parser.add_argument("--package", action="store_true",
+                        help="then store it in float16 inside the package (mac_memory/assets/default), "
+                             "the copy `MACMemory()` and `mac-memory demo` use first")
 
 
 def _train_default(ns: argparse.Namespace) -> int:
@@ -47,6 +50,10 @@ def _train_default(ns: argparse.Namespace) -> int:
     if ns.mac_steps:
         recipe = replace(recipe, mac=replace(recipe.mac, steps=ns.mac_steps))
     paths = train_default(recipe, Path(ns.out) if ns.out else cache_dir())
+    if ns.package:
+        from ..training.default import package_default
+
+        paths = package_default(paths)
     print(f"default base LM: {paths.base_lm}\ndefault MAC checkpoint: {paths.checkpoint}")
     return 0
 

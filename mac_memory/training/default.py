@@ -52,7 +52,7 @@ class DefaultRecipe:
     """First rung of the ladder: each question sees only its own document (None = skip)."""
     mac: MetaTrainConfig = field(default_factory=lambda: MetaTrainConfig(
         world_entities=4000, num_tokens=8, d_mem=128, agg_layers=2, agg_heads=4, window=16, memory="batch",
-        steps=600, batch_size=16, lr=1e-3, warmup=50, eval_every=200, eval_questions=64))
+        steps=200, batch_size=16, lr=1e-3, warmup=20, eval_every=100, eval_questions=64))
     """Then the paper's objective: the batch's documents are the memory (starts from ``mac_gold``)."""
 
 
@@ -112,6 +112,28 @@ def train_default(recipe: DefaultRecipe, root: Path) -> DefaultPaths:
                                   init=init))
         shutil.copytree(final, paths.checkpoint, dirs_exist_ok=True)
     return paths
+
+
+def package_default(src: DefaultPaths, dest: Path = PACKAGED) -> DefaultPaths:
+    """Store a trained default in float16 under ``dest`` (the copy shipped inside the package).
+
+    The base LM is written in float16 (loaded back in float32, it is recognised as the LM the networks
+    were trained on: identity check with rounding tolerance); the networks are rounded to float16 too.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..frozen_lm import FrozenLM
+    from ..model import MACModel
+
+    out = DefaultPaths(dest / "base_lm", dest / "mac")
+    for path in (out.base_lm, out.checkpoint):
+        shutil.rmtree(path, ignore_errors=True)
+    AutoModelForCausalLM.from_pretrained(src.base_lm, dtype=torch.float16).save_pretrained(out.base_lm)
+    AutoTokenizer.from_pretrained(src.base_lm).save_pretrained(out.base_lm)
+    mac = MACModel.from_pretrained(src.checkpoint, lm=FrozenLM.from_pretrained(out.base_lm, device="cpu"))
+    mac.half().save_pretrained(out.checkpoint)
+    return out
 
 
 def load_default(train: bool = False, device: str | None = None, paths: DefaultPaths | None = None):
