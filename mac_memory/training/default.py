@@ -5,7 +5,7 @@ demo`` use a model this project trains itself. :func:`default_paths` finds it, i
 
 1. ``$MAC_MEMORY_CHECKPOINT`` (a MAC checkpoint dir; its recorded base LM is loaded);
 2. the copy shipped inside the package (``mac_memory/assets/default/{base_lm,mac}``), when present;
-3. the user cache (``$MAC_MEMORY_HOME`` or ``~/.cache/mac-memory``)/``default-v1/{base_lm,mac}``;
+3. the user cache (``$MAC_MEMORY_HOME`` or ``~/.cache/mac-memory``)/``default-v2/{base_lm,mac}``;
 4. otherwise, with ``train=True``, it is trained once with :data:`RECIPE` (progress bars; an interrupted
    run resumes where it stopped) and cached; without, a clear error says how to get it.
 
@@ -26,7 +26,7 @@ from .meta import MetaTrainConfig, train_mac
 
 logger = logging.getLogger(__name__)
 
-VERSION = "default-v1"
+VERSION = "default-v2"  # v2: reading-focused base LM, gold-then-batch MAC
 PACKAGED = Path(__file__).resolve().parent.parent / "assets" / "default"
 
 
