@@ -84,7 +84,7 @@ def check_texts(texts: object, noun: str = "text", *, item: str | None = None,
     from collections.abc import Sequence
 
     name = item or f"{noun} {{}}"
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
+    if isinstance(texts, (str, bytes, bytearray)) or not isinstance(texts, Sequence):
         got = "a single str" if isinstance(texts, str) else type(texts).__name__
         raise InputTypeError(f"Expected a list of {noun}s, got {got}; wrap a single {noun} in a list.")
     texts = list(texts)
@@ -95,4 +95,22 @@ def check_texts(texts: object, noun: str = "text", *, item: str | None = None,
             raise InputTypeError(f"{name.format(i)} must be a str, got {type(text).__name__}.")
         if not text.strip():
             raise EmptyInputError(f"{name.format(i)} is empty or whitespace only; give it some content.")
+        check_unicode(text, name.format(i))
     return texts
+
+
+def check_unicode(text: str, name: str) -> str:
+    """Refuse a str that is not valid Unicode (a lone surrogate, e.g. from ``errors='surrogateescape'``).
+
+    Such a string cannot be encoded as UTF-8, so no tokenizer, hash or store can take it; refusing it up
+    front names the culprit instead of failing deep inside one of them.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{name} is not valid Unicode text: it holds the lone surrogate {text[exc.start]!r} at position "
+            f"{exc.start} (bytes decoded with errors='surrogateescape'?). Decode the source with its real "
+            "encoding, or with errors='replace'."
+        ) from None
+    return text

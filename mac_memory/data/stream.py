@@ -26,8 +26,10 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,45 @@ def _short(value: Any, limit: int = 60) -> str:
 
 class _LineError(Exception):
     """Internal: a field-level problem, turned into a DataFormatError with file and line by the reader."""
+
+
+def _finite_float(text: str) -> float:
+    """``parse_float`` for json.loads: a number too large for a float (``1e999``) is refused, not inf."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _LineError(f"the number {_short(text, 20)} is out of range for a float")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    """``parse_constant`` for json.loads: NaN/Infinity are not JSON (and write_stream refuses them)."""
+    raise _LineError(f"{name} is not a JSON value (NaN and Infinity are refused)")
+
+
+def _surrogate_field(value: Any, where: str = "") -> str | None:
+    """The field (``context``, ``qas[0].question``, ...) of the first str that is not valid Unicode.
+
+    JSON can spell a lone surrogate (``"\\udc80"``), which Python accepts but nothing downstream can
+    encode (tokenizers, Chroma, ``write_stream``); it is reported where it is read instead.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "value"
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = f"{where}.{key}" if where else str(key)
+            found = _surrogate_field(key, sub) or _surrogate_field(item, sub)
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _surrogate_field(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def _bad(field_name: str, need: str, value: Any) -> _LineError:
@@ -196,13 +237,17 @@ def _read(path: Path, limit: int | None) -> Iterator[Document]:
                 except UnicodeDecodeError as e:
                     raise DataFormatError(f"{name} line {lineno}: not valid UTF-8 ({e.reason})") from None
                 try:
-                    obj = json.loads(line)
+                    obj = json.loads(line, parse_float=_finite_float, parse_constant=_no_constant)
+                    bad_text = _surrogate_field(obj) if "\\ud" in line.lower() else None
+                    if bad_text:
+                        raise _LineError(f"field '{bad_text}' is not valid Unicode text (a lone surrogate)")
+                    doc = _parse_document(obj)
                 except json.JSONDecodeError as e:
                     raise DataFormatError(
                         f"{name} line {lineno}: invalid JSON ({e.msg} at column {e.colno})"
                     ) from None
-                try:
-                    doc = _parse_document(obj)
+                except RecursionError:
+                    raise DataFormatError(f"{name} line {lineno}: invalid JSON (nested too deeply)") from None
                 except _LineError as e:
                     raise DataFormatError(f"{name} line {lineno}: {e}") from None
                 if doc.doc_id in seen:
@@ -215,7 +260,7 @@ def _read(path: Path, limit: int | None) -> Iterator[Document]:
                 count += 1
                 if limit is not None and count >= limit:
                     return
-        except (EOFError, OSError) as e:
+        except (EOFError, OSError, zlib.error) as e:
             # A truncated or corrupt gzip member (EOFError, BadGzipFile) surfaces mid-iteration; name it.
             raise DataFormatError(f"{name} after line {lineno}: cannot read or decompress ({e})") from e
 
@@ -301,13 +346,21 @@ def write_stream(path: PathLike, documents: Iterable[Document]) -> int:
                     seen.add(doc.doc_id)
                     try:
                         # allow_nan=False: NaN/Infinity are not JSON, other readers would choke on them.
-                        line = json.dumps(_document_record(doc), ensure_ascii=False, allow_nan=False)
-                    except (TypeError, ValueError) as e:
+                        record = _document_record(doc)
+                        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+                    except (TypeError, ValueError, RecursionError) as e:
                         if isinstance(e, DataFormatError):
                             raise
                         raise DataFormatError(
                             f"document {doc.doc_id!r}: metadata is not JSON-serialisable ({e})"
                         ) from e
+                    try:
+                        line.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise DataFormatError(
+                            f"document {doc.doc_id!r}: field '{_surrogate_field(record)}' is not valid "
+                            "Unicode text (a lone surrogate), which UTF-8 cannot store"
+                        ) from None
                     out.write(line)
                     out.write("\n")
                     n += 1

@@ -17,8 +17,9 @@ frozen LM without anyone noticing::
 
 ``float16`` is the default (half the bytes of float32, well within the precision the aggregator uses);
 ``int8`` halves it again with a per-token absmax scale (max error ``scale / 2`` per value). Non-finite
-values are refused at encode time; any header, length or checksum problem is refused at decode time
-with :class:`~mac_memory.errors.CorruptModulationError`, never "repaired".
+values are refused at encode time; any header, length or checksum problem, and any NaN/Inf in what
+decodes (a forged blob), is refused at decode time with
+:class:`~mac_memory.errors.CorruptModulationError`, never "repaired".
 
 Example:
     >>> import numpy as np
@@ -158,6 +159,12 @@ def decode_modulation(blob: bytes) -> np.ndarray:
         scales = np.frombuffer(payload[: 4 * rows], dtype="<f4")
         q = np.frombuffer(payload[4 * rows :], dtype=np.int8).reshape(rows, shape[-1])
         out = q.astype(np.float32) * scales[:, None]
+    if not np.isfinite(out).all():
+        # Encoding refuses NaN/Inf, so these bytes were forged (checksum recomputed) or written by
+        # something else; a non-finite value would poison every answer that reads it.
+        raise CorruptModulationError(
+            f"Stored modulation holds {int((~np.isfinite(out)).sum())} NaN/Inf values; refusing to use it."
+        )
     return out.reshape(shape)
 
 

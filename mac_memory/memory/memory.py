@@ -37,12 +37,14 @@ import torch
 from ..errors import (
     BaseModelMismatchError,
     ConfigError,
+    CorruptModulationError,
     DuplicateIdError,
     EmptyInputError,
     InputTypeError,
     InvalidInputError,
     InvalidMetadataError,
     check_texts,
+    check_unicode,
 )
 from ..prefix import PrefixKV
 from ..prompts import clean_answer, format_chat, format_question
@@ -248,7 +250,13 @@ def _check_query(text: Any, what: str = "question") -> str:
         raise InputTypeError(f"The {what} must be a str, got {type(text).__name__}.")
     if not text.strip():
         raise EmptyInputError(f"The {what} is empty or whitespace only.")
-    return text
+    return check_unicode(text, f"The {what}")
+
+
+def _check_max_new_tokens(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidInputError(f"max_new_tokens={value!r} is invalid: give a positive integer.")
+    return value
 
 
 def _content_id(namespace: str, text: str) -> str:
@@ -711,10 +719,11 @@ class MACMemory:
     def reindex(self, *, namespace: str | None = None, force: bool = False, batch_size: int = 256) -> int:
         """Re-amortize (and re-embed when the embedder changed) records from their stored text.
 
-        Run it after switching to another checkpoint or embedder. Records already written by this
-        checkpoint and embedder are skipped unless ``force``; the collection then records the current
-        ones. It resumes where it stopped if interrupted. ``namespace=None`` reindexes every namespace.
-        Returns how many records were rewritten.
+        Run it after switching to another checkpoint or embedder, or to repair records whose stored
+        modulation is unreadable (corrupt, truncated, tampered with, wrong shape). Records already
+        written by this checkpoint and embedder with a readable modulation are skipped unless ``force``;
+        the collection then records the current ones. It resumes where it stopped if interrupted.
+        ``namespace=None`` reindexes every namespace. Returns how many records were rewritten.
         """
         with self._lock:
             where = None if namespace is None else {S.K_NAMESPACE: S.check_namespace(namespace)}
@@ -739,6 +748,7 @@ class MACMemory:
                         if force
                         or reembed
                         or (row.get("metadata") or {}).get(S.K_FINGERPRINT) != self.fingerprint
+                        or not self._modulation_ok(row.get("metadata"))
                     ]
                     if todo:
                         texts = [row.get("document") or "" for _, row in todo]
@@ -888,15 +898,52 @@ class MACMemory:
         expected = (self.mac.num_tokens, self.mac.d_mem)
         for r in rows:
             md = r.get("metadata") or {}
-            arr = b64_to_modulation(md.get(S.K_MODULATION))
+            record = f"Record {md.get(S.K_ID)!r} in namespace {md.get(S.K_NAMESPACE)!r}"
+            try:
+                arr = b64_to_modulation(md.get(S.K_MODULATION))
+            except CorruptModulationError as exc:
+                # Name the record: the codec cannot, and "some record is corrupt" is not actionable.
+                raise CorruptModulationError(f"{record}: {exc}") from exc
             if tuple(arr.shape) != expected:
                 raise BaseModelMismatchError(
-                    f"Record {md.get(S.K_ID)!r} holds a modulation of shape "
-                    f"{tuple(arr.shape)}, but the networks expect {expected}; run "
-                    "`mac-memory reindex`."
+                    f"{record} holds a modulation of shape {tuple(arr.shape)}, but the networks expect "
+                    f"{expected}; run `mac-memory reindex`."
                 )
             out.append(arr)
         return out
+
+    def _modulation_ok(self, metadata: Mapping[str, Any] | None) -> bool:
+        """Whether a record's stored modulation decodes (checksum, header, finite) with this shape."""
+        try:
+            arr = b64_to_modulation((metadata or {}).get(S.K_MODULATION))
+        except CorruptModulationError:
+            return False
+        return tuple(arr.shape) == (self.mac.num_tokens, self.mac.d_mem)
+
+    def _check_prompt(self, prompt: str, max_new_tokens: Any) -> None:
+        """Refuse a prompt the base LM cannot read next to the memory prefix and the answer budget.
+
+        Without this a hostile question goes to the LM whole: 140 kB of text made a tiny model try to
+        allocate 40 GB for attention. Only a bounded slice is tokenized, so a 10 MB question is refused
+        in milliseconds.
+        """
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        config = self.mac.lm.model.config
+        config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if not isinstance(limit, int):
+            return
+        prefix = int(self.mac.config.prefix_len)
+        budget = limit - prefix - max_new_tokens
+        head = prompt[: 32 * limit]  # no tokenizer packs more than 32 characters into one token
+        n = len(self.mac.lm.tokenizer(head)["input_ids"])
+        if n > budget or len(head) < len(prompt):
+            size = f"{len(prompt):,} characters" if len(head) < len(prompt) else f"{n} tokens"
+            raise InvalidInputError(
+                f"The prompt ({size}) does not fit the base LM, which reads at most {limit} positions: "
+                f"{prefix} memory prefix + prompt + max_new_tokens={max_new_tokens}. Shorten the question "
+                "(or the chat history: history_turns=), or lower max_new_tokens."
+            )
 
     def recall(
         self,
@@ -939,6 +986,7 @@ class MACMemory:
         unconditioned and ``sources`` is empty.
         """
         with self._lock:
+            self._check_prompt(format_question(_check_query(question)), max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
@@ -971,6 +1019,7 @@ class MACMemory:
             question = checked[-1]["content"]
             history = [(m["role"], m["content"]) for m in checked[:-1] if m["role"] != "system"]
             history = history[-history_turns:] if history_turns > 0 else []
+            self._check_prompt(format_chat(history, question), max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
@@ -1001,6 +1050,7 @@ class MACMemory:
         first line break like :meth:`answer` does.
         """
         with self._lock:
+            self._check_prompt(format_question(_check_query(question)), max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
@@ -1031,6 +1081,7 @@ class MACMemory:
             question = checked[-1]["content"]
             history = [(m["role"], m["content"]) for m in checked[:-1] if m["role"] != "system"]
             history = history[-history_turns:] if history_turns > 0 else []
+            self._check_prompt(format_chat(history, question), max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
@@ -1118,6 +1169,7 @@ def _check_messages(messages: Any, need_last_user: bool) -> list[dict[str, str]]
             )
         if not m["content"].strip():
             raise EmptyInputError(f"messages[{i}]['content'] is empty or whitespace only.")
+        check_unicode(m["content"], f"messages[{i}]['content']")
         out.append({"role": str(m["role"]), "content": m["content"]})
     if need_last_user and out[-1]["role"] != "user":
         raise InvalidInputError(

@@ -79,6 +79,7 @@ C_EMBEDDING_DIM = "mac_embedding_dim"
 
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{1,510})[A-Za-z0-9]$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass
@@ -101,6 +102,15 @@ def check_collection_name(name: Any) -> str:
     return name
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a str with lone surrogates: Chroma (and UTF-8) cannot store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_namespace(namespace: Any) -> str:
     """A namespace is a non-empty string without '/' (it prefixes Chroma ids) or control characters."""
     if (
@@ -109,6 +119,7 @@ def check_namespace(namespace: Any) -> str:
         or "/" in namespace
         or _CONTROL_RE.search(namespace)
         or len(namespace) > 256
+        or not _is_unicode(namespace)
     ):
         raise InvalidInputError(
             f"namespace={namespace!r} is invalid: use a non-empty string of at most 256 "
@@ -118,9 +129,14 @@ def check_namespace(namespace: Any) -> str:
 
 
 def check_record_id(record_id: Any, position: int) -> str:
-    if not isinstance(record_id, str) or not record_id.strip() or _CONTROL_RE.search(record_id):
+    if (
+        not isinstance(record_id, str)
+        or not record_id.strip()
+        or _CONTROL_RE.search(record_id)
+        or not _is_unicode(record_id)
+    ):
         raise InvalidInputError(
-            f"ids[{position}]={record_id!r} is invalid: ids must be non-empty strings "
+            f"ids[{position}]={record_id!r} is invalid: ids must be non-empty strings of valid Unicode "
             "without control characters."
         )
     return record_id
@@ -135,9 +151,20 @@ def _clean_value(key: str, value: Any, where: str) -> Any:
     """A Chroma-storable value: numpy scalars become Python scalars; nested/binary values are refused."""
     if isinstance(value, np.generic):
         value = value.item()  # np.float32(1.5) -> 1.5: Chroma rejects numpy scalars (P-16)
+    if isinstance(value, str) and not _is_unicode(value):
+        raise InvalidMetadataError(
+            f"{where}: key {key!r} holds a str that is not valid Unicode (a lone surrogate); Chroma "
+            "stores UTF-8 only. Decode the source with its real encoding, or with errors='replace'."
+        )
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, Integral):
+        if not _INT64_MIN <= int(value) <= _INT64_MAX:
+            # Chroma would silently store it as an (inexact) float.
+            raise InvalidMetadataError(
+                f"{where}: key {key!r} holds {int(value)}, which does not fit in a 64-bit integer "
+                "(Chroma would store an inexact float); store it as a str."
+            )
         return int(value)
     if isinstance(value, Real):
         value = float(value)
@@ -179,10 +206,12 @@ def clean_metadata(metadata: Any, where: str) -> dict[str, Any]:
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
             raise InvalidMetadataError(f"{where}: metadata keys must be non-empty strings, got {key!r}.")
-        if key.startswith(RESERVED_PREFIX) or key.startswith("chroma:"):
+        if not _is_unicode(key):
+            raise InvalidMetadataError(f"{where}: key {key!r} is not valid Unicode (a lone surrogate).")
+        if key.startswith((RESERVED_PREFIX, "chroma:", "$", "#")):
             raise InvalidMetadataError(
-                f"{where}: key {key!r} is reserved (keys starting with "
-                f"'{RESERVED_PREFIX}' or 'chroma:' belong to mac-memory/Chroma); rename it."
+                f"{where}: key {key!r} is reserved (keys starting with '{RESERVED_PREFIX}' or 'chroma:' "
+                "belong to mac-memory/Chroma; '$' and '#' start Chroma's filter operators); rename it."
             )
         cleaned = _clean_value(key, value, where)
         if cleaned is not None:

@@ -1,0 +1,164 @@
+"""Concurrency: 8 threads (over two MACMemory objects on one collection, so calls really overlap in Chroma)
+and, separately, 2 processes on a ``chroma run`` server mix ``add_texts``, ``answer`` and ``delete`` for a
+bounded time. No call raises; no record is lost or duplicated (the final memory holds exactly the records
+of the documents added and not deleted, and documents every worker adds with the same text exist once);
+every delete removes exactly its documents; every answer's sources were added before the answer ended and
+not deleted before it began, and carry their own document's text.
+
+The workload and the checks are in ``tests/helpers/mixed_load.py``. Duration: ``$MAC_RELIABILITY_SCALE``
+times 4 s (threads, default suite); 30 s for threads and 30 s for processes in the slow suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.mixed_load import check_mixed, memory_kwargs, run_mixed
+from helpers.reliability import SCALE, save_tiny_checkpoint, settings, tiny_mac
+
+WORKER = Path(__file__).resolve().parent / "helpers" / "mixed_load.py"
+
+
+def _threads(tiny_path: Any, seconds: float, n_threads: int = 8) -> dict[str, int]:
+    import chromadb
+
+    from mac_memory.memory import MACMemory
+
+    client = chromadb.EphemeralClient(settings=settings())
+    collection = f"c_{uuid.uuid4().hex[:12]}"
+    mac = tiny_mac(str(tiny_path("llama")))
+    # Two objects, two locks: calls through different objects overlap in Chroma and in the networks.
+    memories = [
+        MACMemory(client=client, collection=collection, model=mac, **memory_kwargs()) for _ in range(2)
+    ]
+    results: list[dict[str, Any]] = [{} for _ in range(n_threads)]
+
+    def work(i: int) -> None:
+        try:
+            results[i] = run_mixed(memories[i % 2], f"t{i}", seconds, seed=i)
+        except BaseException as exc:  # run_mixed reports call errors itself; this is anything else
+            results[i] = {"owner": f"t{i}", "log": [], "errors": [repr(exc)]}
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=seconds + 120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return check_mixed(memories[0], results)
+
+
+def test_eight_threads_mixing_add_answer_delete(tiny_path):
+    counts = _threads(tiny_path, seconds=4 * SCALE)
+    print(f"concurrency (8 threads, {4 * SCALE:.0f} s): {counts}")
+    assert counts["add"] and counts["answer"] and counts["delete"]
+
+
+@pytest.mark.slow
+def test_eight_threads_mixing_add_answer_delete_long(tiny_path):
+    counts = _threads(tiny_path, seconds=30 * SCALE)
+    print(f"concurrency (8 threads, {30 * SCALE:.0f} s): {counts}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _chroma_server(path: Path) -> Any:
+    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
+    port = _free_port()
+    server = subprocess.Popen(
+        [chroma, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield port
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
+def _wait_for_heartbeat(port: int, timeout: float = 60.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chroma run did not answer on port {port}") from None
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_two_processes_on_a_chroma_server(tiny_path, tmp_path):
+    import chromadb
+
+    from mac_memory.memory import MACMemory
+
+    checkpoint = save_tiny_checkpoint(tiny_path("llama"), tmp_path / "ckpt")
+    seconds = 30 * SCALE
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+    }
+    with _chroma_server(tmp_path / "server") as port:
+        spec = {"port": port, "checkpoint": str(checkpoint), "collection": "shared_load", "seconds": seconds}
+        workers = [
+            subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps({**spec, "owner": f"p{i}", "seed": i})],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for i in range(2)
+        ]
+        try:
+            _wait_for_heartbeat(port)
+            for w in workers:  # both start their workload together
+                assert w.stdin is not None
+                w.stdin.write("go\n")
+                w.stdin.flush()
+            results = []
+            for w in workers:
+                out, err = w.communicate(timeout=seconds + 300)
+                assert w.returncode == 0, err[-3000:]
+                results.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    w.kill()
+        client = chromadb.HttpClient(host="127.0.0.1", port=port, settings=settings())
+        memory = MACMemory(
+            client=client,
+            collection="shared_load",
+            model=tiny_mac(str(tiny_path("llama"))),
+            **memory_kwargs(),
+        )
+        counts = check_mixed(memory, results)
+    print(f"concurrency (2 processes on chroma run, {seconds:.0f} s): {counts}")
+    assert all(r["log"] for r in results) and counts["answer"] and counts["delete"]
