@@ -104,6 +104,16 @@ def test_notebook_kernel_is_this_interpreter(tmp_path: Path, offline_env: dict[s
     assert ran.cells[0].outputs[0]["text"].strip() == sys.executable
 
 
+def test_a_failing_cell_fails_the_run(tmp_path: Path, offline_env: dict[str, str]) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("assert x == 2, 'example broke'")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), str(path))
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="example broke"):
+        _runner().execute(path, timeout=120)
+
+
 def _run_notebook(name: str) -> None:
     pytest.importorskip("nbclient")
     _runner().execute(EXAMPLES / name, timeout=600)  # raises CellExecutionError naming the failing cell
