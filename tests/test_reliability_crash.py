@@ -5,7 +5,7 @@ and no half-applied record; running the same call again completes it, without du
 The killed processes are children forked by ``tests/helpers/crash_worker.py`` (a zygote that imported
 everything once), so a kill costs well under a second. Each child opens the persistent memory afresh,
 exactly like a restarted application. Chroma writes are cut into batches of 32 records so that a large
-ingest has many commit points for a kill to land between. Half of the kills wait until the first write
+ingest has many commit points for a kill to land between. Two kills in three wait until the first write
 has reached Chroma, so they land inside the writes rather than in the amortization before them.
 
 What a crash may leave, record by record (checked against a model computed here):
@@ -18,8 +18,11 @@ What a crash may leave, record by record (checked against a model computed here)
 * a record a delete targets: as before, or gone.
 
 A document can be left with some chunks new and some old (a partially applied call); re-running the call
-always converges to exactly the expected records. Counts: ``$MAC_RELIABILITY_SCALE`` times 3 kills in the
-default suite, 24 add kills and 24 delete kills in the slow suite.
+always converges to exactly the expected records.
+
+The default suite runs the same checks in process, exhaustively and in seconds: each call is cut (an
+exception instead of its n-th Chroma write) before its first, second, ... write. The slow suite sends
+``$MAC_RELIABILITY_SCALE`` times 24 real SIGKILLs into ``add_texts`` and 24 into ``delete``.
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 DEFAULT_NAMESPACE = "default"
+_EXACT_RANKING_LIMIT = 10_000  # matching records the exact fallback of retrieval ranks at most
 DEFAULT_COLLECTION = "mac_memory"
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -849,9 +850,11 @@ class MACMemory:
         )
         include = ["metadatas", "documents", "distances"] + (["embeddings"] if prefer_newest else [])
         vector = self.embedder.embed_query(query)
+        n = 2 * k if prefer_newest else k  # prefer_newest over-fetches: k remain after dropping versions
         try:
-            # prefer_newest over-fetches so that dropping superseded versions still leaves k candidates.
-            rows = self.store.query(vector, 2 * k if prefer_newest else k, clause, include)
+            rows = self.store.query(vector, n, clause, include)
+            if len(rows) < n:
+                rows = self._complete(rows, vector, n, clause, include)
         except Exception as exc:
             if where is not None and S.is_filter_error(exc):
                 raise InvalidInputError(f"where={dict(where)!r} is not a valid Chroma filter: {exc}") from exc
@@ -862,6 +865,46 @@ class MACMemory:
         for cid, row in rows:
             mod = self._decode([row])[0] if with_modulation else None
             out.append((_hit(cid, row, 1.0 - row.get("distance", 1.0), mod), row))
+        return out
+
+    def _complete(
+        self,
+        rows: list[tuple[str, dict[str, Any]]],
+        vector: np.ndarray,
+        n: int,
+        clause: Mapping[str, Any],
+        include: Sequence[str],
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Chroma returned fewer than ``n`` rows: if more records match ``clause``, rank them all exactly.
+
+        Chroma's HNSW search is approximate even inside a small filtered set: a namespace of 3 records
+        was once answered with 2 after deletes and re-adds (1 query in ~12,000 in the reliability state
+        machine; graph construction is multi-threaded, so it does not replay). Fewer rows than asked
+        means every matching record should be there; counting the matches (ids only) checks that.
+        """
+        matching = self.store.ids(clause)
+        if len(matching) <= len(rows):
+            return rows
+        if len(matching) > _EXACT_RANKING_LIMIT:
+            logger.warning(
+                "Chroma returned %d of %d matching records; too many to rank exactly", len(rows), len(matching)
+            )
+            return rows
+        logger.warning(
+            "Chroma returned %d of %d matching records; ranking them exactly", len(rows), len(matching)
+        )
+        fetched = self.store.get(matching, include=[i for i in include if i != "distances"] + ["embeddings"])
+        cids = list(fetched)
+        emb = np.stack([fetched[c]["embedding"] for c in cids])  # (m, dim)
+        q = np.asarray(vector, dtype=np.float32)
+        norms = np.linalg.norm(emb, axis=1) * max(float(np.linalg.norm(q)), 1e-12)
+        distances = 1.0 - (emb @ q) / np.maximum(norms, 1e-12)  # Chroma's cosine distance
+        out = []
+        for i in np.argsort(distances, kind="stable")[:n]:
+            row = dict(fetched[cids[i]], distance=float(distances[i]))
+            if "embeddings" not in include:
+                row.pop("embedding", None)
+            out.append((cids[i], row))
         return out
 
     def _drop_superseded(self, rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
