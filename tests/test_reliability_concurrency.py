@@ -6,7 +6,9 @@ every delete removes exactly its documents; every answer's sources were added be
 not deleted before it began, and carry their own document's text.
 
 The workload and the checks are in ``tests/helpers/mixed_load.py``. Duration: ``$MAC_RELIABILITY_SCALE``
-times 4 s (threads, default suite); 30 s for threads and 30 s for processes in the slow suite.
+times 4 s (threads, default suite); 30 s for threads and 30 s for processes in the slow suite. A third
+test (default suite, 3 s) widens the tokenizer's race window to show that memories sharing one model
+serialize their use of it.
 """
 
 from __future__ import annotations
@@ -70,6 +72,83 @@ def test_eight_threads_mixing_add_answer_delete(tiny_path):
 def test_eight_threads_mixing_add_answer_delete_long(tiny_path):
     counts = _threads(tiny_path, seconds=30 * SCALE)
     print(f"concurrency (8 threads, {30 * SCALE:.0f} s): {counts}")
+
+
+def test_memories_sharing_one_model_do_not_race_in_its_tokenizer(tiny_path, monkeypatch):
+    """Two MACMemory objects (two locks) sharing one loaded model, used from 4 threads.
+
+    A fast tokenizer keeps padding and truncation as state of its Rust backend, set before every
+    encode; two threads encoding with different settings (amortization pads and truncates at 256
+    tokens, the question encoder at 64, prompts are not truncated) can encode with each other's
+    settings: an exception ("Unable to create tensor", seen once in a 30 s run of 8 threads) or,
+    silently, a document truncated at the question's length. The window is widened here (a 10 ms pause
+    after the settings are set) so that the race shows in a few seconds; the memory must serialize its
+    use of a shared model.
+    """
+    import chromadb
+
+    from mac_memory.memory import MACMemory
+
+    mac = tiny_mac(str(tiny_path("llama")))
+    backend = type(mac.lm.tokenizer)
+    real = backend.set_truncation_and_padding
+
+    def widened(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real(self, *args, **kwargs)
+        time.sleep(0.01)
+        return out
+
+    monkeypatch.setattr(backend, "set_truncation_and_padding", widened)
+    client = chromadb.EphemeralClient(settings=settings())
+    memories = [
+        MACMemory(client=client, collection=f"r_{uuid.uuid4().hex[:10]}", model=mac, **memory_kwargs())
+        for _ in range(2)
+    ]
+    errors: list[str] = []
+    done = {"add": 0, "answer": 0}
+    stop_at = time.monotonic() + 3 * SCALE
+
+    def add(memory: Any, owner: str) -> None:
+        i = 0
+        while time.monotonic() < stop_at:
+            try:
+                memory.add_texts(
+                    [
+                        f"The beacon on tower {i} is lit every night by the northern keeper. " * 4,
+                        f"short {i}",
+                    ],
+                    ids=[f"{owner}{i}", f"{owner}s{i}"],
+                )
+                done["add"] += 1
+            except Exception as exc:
+                errors.append(f"add: {type(exc).__name__}: {exc}")
+            i += 1
+
+    def ask(memory: Any) -> None:
+        while time.monotonic() < stop_at:
+            try:
+                memory.answer("Where is the beacon lit?", k=3, max_new_tokens=2)
+                done["answer"] += 1
+            except Exception as exc:
+                errors.append(f"answer: {type(exc).__name__}: {exc}")
+
+    threads = [
+        threading.Thread(target=add, args=(memories[0], "a")),
+        threading.Thread(target=ask, args=(memories[1],)),
+        threading.Thread(target=add, args=(memories[1], "b")),
+        threading.Thread(target=ask, args=(memories[0],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [], errors[:3]
+    from helpers.reliability import HashEmbedder, record_problems
+
+    for memory in memories:  # every stored modulation is its text's, read at the amortizer's length
+        assert memory.count() > 0
+        assert record_problems(memory, HashEmbedder(), check_values=True) == []
+    print(f"shared model (2 memories, 4 threads, {3 * SCALE:.0f} s): {done}")
 
 
 def _free_port() -> int:

@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -224,6 +225,28 @@ def resolve_default_checkpoint() -> Any:
 
 # ----------------------------------------------------------------------------- helpers
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """The lock every :class:`MACMemory` holds while it uses ``model``: one per loaded model object.
+
+    A fast tokenizer keeps padding and truncation as state of its backend, set before each encode, so
+    two threads that use one model with different settings (documents are cut at the amortizer's
+    length, questions at the question encoder's, prompts not at all) can encode with each other's
+    settings: an exception, or silently a document cut at a question's length. Memories that share a
+    model therefore share this lock; a memory's own lock only serializes its own calls.
+    """
+    with _MODEL_LOCKS_GUARD:
+        try:
+            lock = _MODEL_LOCKS.get(model)
+            if lock is None:
+                lock = _MODEL_LOCKS[model] = threading.RLock()
+        except TypeError:  # not weak-referenceable (a test double): nothing to share it with
+            lock = threading.RLock()
+        return lock
+
 
 def _snippet(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(limit - 1, 0)].rstrip() + "…"
@@ -374,8 +397,10 @@ class MACMemory:
         # Networks first: a missing checkpoint must fail before anything is created on disk.
         self.mac = model if model is not None else self._load_model(checkpoint, device)
         self.mac.eval()
+        self._model_lock = model_lock(self.mac)
         self.embedder: Embedder = embedder if embedder is not None else SentenceTransformerEmbedder()
-        self.chunker = self._build_chunker(chunk_size, chunk_overlap, chunk_unit)
+        with self._model_lock:
+            self.chunker = self._build_chunker(chunk_size, chunk_overlap, chunk_unit)
         self.fingerprint = self.mac.fingerprint()
 
         if path is None and client is None and host is None:
@@ -482,7 +507,8 @@ class MACMemory:
         with torch.no_grad(), self._progress(len(texts), "amortizing") as bar:
             for i in range(0, len(texts), self.amortize_batch_size):
                 batch = list(texts[i : i + self.amortize_batch_size])
-                memory = self.mac.amortize(batch)  # (B, T, d_mem)
+                with self._model_lock:
+                    memory = self.mac.amortize(batch)  # (B, T, d_mem)
                 blobs += [modulation_to_b64(m, self.codec) for m in memory]
                 bar.update(len(batch))
         return blobs
@@ -530,7 +556,8 @@ class MACMemory:
 
         plan: list[tuple[str, str, Chunk, int, dict[str, Any]]] = []  # (doc id, record id, chunk, n, md)
         for doc_id, (text, md) in unique.items():
-            chunks = self.chunker.split(text)
+            with self._model_lock:  # token chunking runs the model's tokenizer
+                chunks = self.chunker.split(text)
             for chunk in chunks:
                 record_id = doc_id if len(chunks) == 1 else f"{doc_id}#{chunk.index}"
                 plan.append((doc_id, record_id, chunk, len(chunks), md))
@@ -979,7 +1006,8 @@ class MACMemory:
         prefix = int(self.mac.config.prefix_len)
         budget = limit - prefix - max_new_tokens
         head = prompt[: 32 * limit]  # no tokenizer packs more than 32 characters into one token
-        n = len(self.mac.lm.tokenizer(head)["input_ids"])
+        with self._model_lock:
+            n = len(self.mac.lm.tokenizer(head)["input_ids"])
         if n > budget or len(head) < len(prompt):
             size = f"{len(prompt):,} characters" if len(head) < len(prompt) else f"{n} tokens"
             raise InvalidInputError(
@@ -1006,7 +1034,7 @@ class MACMemory:
             hits = [h for h, _ in found]
             arrays = self._decode([row for _, row in found])
             memory = torch.from_numpy(np.stack(arrays)).to(self.mac.device)  # (N, T, d_mem)
-            with torch.no_grad():
+            with torch.no_grad(), self._model_lock:
                 prefix, weights = self.mac.modulate([question], memory[None])  # weights (1, N)
             return Recall(question, hits, memory, prefix, weights[0].detach().cpu())
 
@@ -1033,9 +1061,10 @@ class MACMemory:
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
-            text = self.mac.lm.answer(
-                [question], recall.prefix, max_new_tokens=max_new_tokens, num_beams=num_beams
-            )[0]
+            with self._model_lock:
+                text = self.mac.lm.answer(
+                    [question], recall.prefix, max_new_tokens=max_new_tokens, num_beams=num_beams
+                )[0]
             return Answer(text, recall.sources(self.snippet_chars), question)
 
     def chat(
@@ -1066,9 +1095,10 @@ class MACMemory:
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
-            raw = self.mac.lm.generate(
-                [format_chat(history, question)], recall.prefix, max_new_tokens=max_new_tokens
-            )[0]
+            with self._model_lock:
+                raw = self.mac.lm.generate(
+                    [format_chat(history, question)], recall.prefix, max_new_tokens=max_new_tokens
+                )[0]
             text = clean_answer(raw)
             if remember:
                 turns = [checked[-1]] + ([{"role": "assistant", "content": text}] if text else [])
@@ -1099,7 +1129,9 @@ class MACMemory:
             )
         return AnswerStream(
             recall.sources(self.snippet_chars),
-            _stream_answer(self.mac.lm, format_question(question), recall.prefix, max_new_tokens),
+            _stream_answer(
+                self.mac.lm, format_question(question), recall.prefix, max_new_tokens, self._model_lock
+            ),
         )
 
     def chat_stream(
@@ -1130,7 +1162,9 @@ class MACMemory:
             )
         return AnswerStream(
             recall.sources(self.snippet_chars),
-            _stream_answer(self.mac.lm, format_chat(history, question), recall.prefix, max_new_tokens),
+            _stream_answer(
+                self.mac.lm, format_chat(history, question), recall.prefix, max_new_tokens, self._model_lock
+            ),
         )
 
     # ------------------------------------------------------------------ async twins
@@ -1221,12 +1255,16 @@ def _check_messages(messages: Any, need_last_user: bool) -> list[dict[str, str]]
     return out
 
 
-def _stream_answer(lm: Any, prompt: str, prefix: PrefixKV | None, max_new_tokens: int) -> Iterator[str]:
+def _stream_answer(
+    lm: Any, prompt: str, prefix: PrefixKV | None, max_new_tokens: int, lock: threading.RLock
+) -> Iterator[str]:
     """Generate in a thread through ``TextIteratorStreamer``; yield what :func:`clean_answer` would keep.
 
     Leading whitespace is skipped, trailing whitespace is held back until more text follows, and the
     stream ends at the first line break (generation is then stopped), so the joined pieces equal the
-    non-streamed answer.
+    non-streamed answer. Tokenizing and generating (the streamer decodes with the model's tokenizer)
+    hold the model's ``lock``; generation does not wait for the consumer, so the lock is held for the
+    compute only.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -1236,20 +1274,22 @@ def _stream_answer(lm: Any, prompt: str, prefix: PrefixKV | None, max_new_tokens
         def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
             return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-    input_ids, attention_mask = lm.tokenize([prompt])
+    with lock:
+        input_ids, attention_mask = lm.tokenize([prompt])
     streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            lm.generate_ids(
-                input_ids,
-                attention_mask,
-                prefix,
-                max_new_tokens=max_new_tokens,
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
-            )
+            with lock:
+                lm.generate_ids(
+                    input_ids,
+                    attention_mask,
+                    prefix,
+                    max_new_tokens=max_new_tokens,
+                    streamer=streamer,
+                    stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+                )
         except BaseException as exc:  # surfaced in the consumer; end() keeps it from waiting forever
             failure.append(exc)
             streamer.end()
