@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -171,9 +171,18 @@ class AnswerStream:
         self._pieces = pieces
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self.text += piece
-            yield piece
+        try:
+            for piece in self._pieces:
+                self.text += piece
+                yield piece
+        finally:
+            self.close()  # a consumer that stops early (break, close) stops generation at once
+
+    def close(self) -> None:
+        """Stop generating (also done when iteration ends or is abandoned)."""
+        close = getattr(self._pieces, "close", None)
+        if close is not None:
+            close()
 
 
 # ----------------------------------------------------------------------------- defaults
@@ -1087,17 +1096,15 @@ class MACMemory:
         user turn and the reply with :meth:`add_messages` afterwards.
         """
         with self._lock:
-            checked = _check_messages(messages, need_last_user=True)
+            checked, prompt = _chat_prompt(messages, history_turns)
             question = checked[-1]["content"]
-            history = [(m["role"], m["content"]) for m in checked[:-1] if m["role"] != "system"]
-            history = history[-history_turns:] if history_turns > 0 else []
-            self._check_prompt(format_chat(history, question), max_new_tokens)
+            self._check_prompt(prompt, max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
             with self._model_lock:
                 raw = self.mac.lm.generate(
-                    [format_chat(history, question)], recall.prefix, max_new_tokens=max_new_tokens
+                    [prompt], recall.prefix, max_new_tokens=max_new_tokens
                 )[0]
             text = clean_answer(raw)
             if remember:
@@ -1129,7 +1136,7 @@ class MACMemory:
             )
         return AnswerStream(
             recall.sources(self.snippet_chars),
-            _stream_answer(
+            stream_answer(
                 self.mac.lm, format_question(question), recall.prefix, max_new_tokens, self._model_lock
             ),
         )
@@ -1152,18 +1159,16 @@ class MACMemory:
         at once); joined, the pieces equal :meth:`chat`'s text for the same messages.
         """
         with self._lock:
-            checked = _check_messages(messages, need_last_user=True)
+            checked, prompt = _chat_prompt(messages, history_turns)
             question = checked[-1]["content"]
-            history = [(m["role"], m["content"]) for m in checked[:-1] if m["role"] != "system"]
-            history = history[-history_turns:] if history_turns > 0 else []
-            self._check_prompt(format_chat(history, question), max_new_tokens)
+            self._check_prompt(prompt, max_new_tokens)
             recall = self.recall(
                 question, k, namespace=namespace, where=where, as_of=as_of, prefer_newest=prefer_newest
             )
         return AnswerStream(
             recall.sources(self.snippet_chars),
-            _stream_answer(
-                self.mac.lm, format_chat(history, question), recall.prefix, max_new_tokens, self._model_lock
+            stream_answer(
+                self.mac.lm, prompt, recall.prefix, max_new_tokens, self._model_lock
             ),
         )
 
@@ -1229,6 +1234,15 @@ class MACMemory:
 # ----------------------------------------------------------------------------- chat + streaming
 
 
+def _chat_prompt(messages: Any, history_turns: int) -> tuple[list[dict[str, str]], str]:
+    """Checked messages and the LM prompt of :meth:`MACMemory.chat`: the last ``history_turns``
+    user/assistant turns (system turns dropped), then the last user turn as the question."""
+    checked = _check_messages(messages, need_last_user=True)
+    history = [(m["role"], m["content"]) for m in checked[:-1] if m["role"] != "system"]
+    history = history[-history_turns:] if history_turns > 0 else []
+    return checked, format_chat(history, checked[-1]["content"])
+
+
 def _check_messages(messages: Any, need_last_user: bool) -> list[dict[str, str]]:
     if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidInputError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
@@ -1255,19 +1269,51 @@ def _check_messages(messages: Any, need_last_user: bool) -> list[dict[str, str]]
     return out
 
 
-def _stream_answer(
-    lm: Any, prompt: str, prefix: PrefixKV | None, max_new_tokens: int, lock: threading.RLock
-) -> Iterator[str]:
-    """Generate in a thread through ``TextIteratorStreamer``; yield what :func:`clean_answer` would keep.
+def first_line_pieces(chunks: Iterable[str]) -> Iterator[str]:
+    """Incremental :func:`clean_answer`: the pieces of the first non-blank line of ``chunks``' text.
 
     Leading whitespace is skipped, trailing whitespace is held back until more text follows, and the
-    stream ends at the first line break (generation is then stopped), so the joined pieces equal the
-    non-streamed answer. Tokenizing and generating (the streamer decodes with the model's tokenizer)
-    hold the model's ``lock``; generation does not wait for the consumer, so the lock is held for the
-    compute only.
+    iteration ends at the first line break, so the joined pieces equal ``clean_answer("".join(chunks))``
+    whatever the chunking.
+    """
+    started, pending = False, ""
+    for chunk in chunks:
+        if not started:
+            chunk = chunk.lstrip()
+            if not chunk:
+                continue
+            started = True
+        cut = chunk.find("\n")
+        if cut != -1:
+            chunk = chunk[:cut]
+        body = chunk.rstrip()
+        if body:
+            yield pending + body
+            pending = chunk[len(body) :]
+        else:
+            pending += chunk
+        if cut != -1:
+            return
+
+
+def stream_answer(
+    lm: Any,
+    prompt: str,
+    prefix: PrefixKV | None,
+    max_new_tokens: int,
+    lock: threading.RLock | None = None,
+) -> Iterator[str]:
+    """Generate ``prompt``'s answer under ``prefix`` in a thread; yield its :func:`first_line_pieces`.
+
+    The joined pieces equal the non-streamed (cleaned) answer. Generation stops at the answer's line
+    break or when the consumer stops early, and an error in generation is raised here. Tokenizing and
+    generating (the streamer decodes with the model's tokenizer) hold ``lock`` (the model's
+    :func:`model_lock` when several threads share it); generation does not wait for the consumer, so
+    the lock is held for the compute only.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+    lock = lock if lock is not None else model_lock(lm)
     stop = threading.Event()
 
     class _StopWhenAsked(StoppingCriteria):
@@ -1296,25 +1342,8 @@ def _stream_answer(
 
     thread = threading.Thread(target=run, name="mac-memory-stream", daemon=True)
     thread.start()
-    started, pending = False, ""
     try:
-        for chunk in streamer:
-            if not started:
-                chunk = chunk.lstrip()
-                if not chunk:
-                    continue
-                started = True
-            cut = chunk.find("\n")
-            if cut != -1:
-                chunk = chunk[:cut]
-            body = chunk.rstrip()
-            if body:
-                yield pending + body
-                pending = chunk[len(body) :]
-            else:
-                pending += chunk
-            if cut != -1:
-                break
+        yield from first_line_pieces(streamer)
     finally:
         stop.set()  # also when the consumer stops early: generation ends at the next token
         thread.join()

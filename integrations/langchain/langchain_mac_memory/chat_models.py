@@ -34,7 +34,7 @@ from mac_memory.prompts import format_chat
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
-from ._streaming import cut_at_stop, stream_answer
+from ._streaming import cut_at_stop, stop_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -342,22 +342,9 @@ class ChatMACMemory(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         options = self._options(kwargs)
         turns = self._turns(messages, options.history_turns)
-        recall = self.memory.recall(
-            turns.question,
-            options.k,
-            namespace=options.namespace,
-            where=options.where,
-            prefer_newest=options.prefer_newest,
-        )
-        prompt = format_chat(turns.history, turns.question)
+        stream = self.memory.chat_stream(turns.as_messages(), options.k, **self._chat_kwargs(options))
         text = ""
-        pieces = stream_answer(
-            self.memory.mac.lm,
-            prompt,
-            recall.prefix,
-            options.max_new_tokens,
-            stop if stop is not None else self.stop,
-        )
+        pieces = stop_pieces(stream, stop if stop is not None else self.stop)
         with closing(pieces):  # a consumer that stops early also stops generation, at once
             for piece in pieces:
                 text += piece
@@ -370,8 +357,8 @@ class ChatMACMemory(BaseChatModel):
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="",
-                response_metadata=self._metadata(options, recall.sources(self.memory.snippet_chars)),
-                usage_metadata=self._usage(prompt, text),
+                response_metadata=self._metadata(options, stream.sources),
+                usage_metadata=self._usage(format_chat(turns.history, turns.question), text),
                 chunk_position="last",
             )
         )

@@ -7,9 +7,10 @@ import itertools
 import random
 
 import pytest
+from mac_memory.memory.memory import first_line_pieces, stream_answer
 from mac_memory.prompts import clean_answer
 
-from langchain_mac_memory._streaming import FirstLine, StopCut, cut_at_stop, stream_answer
+from langchain_mac_memory._streaming import cut_at_stop, stop_pieces
 
 TEXTS = [
     "",
@@ -41,13 +42,7 @@ def _splits(text: str, seed: int) -> list[list[str]]:
 
 
 def _run(pieces: list[str], stop: list[str] | None) -> str:
-    line, cut = FirstLine(), StopCut(stop)
-    out = ""
-    for piece in pieces:
-        out += cut.feed(line.feed(piece))
-        if line.done or cut.done:
-            break
-    return out + cut.flush()
+    return "".join(stop_pieces(first_line_pieces(pieces), stop))
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -72,6 +67,6 @@ def test_stream_answer_matches_generate(make_memory) -> None:  # type: ignore[no
     expected = clean_answer(lm.generate([prompt], None, max_new_tokens=10)[0])
     pieces = list(stream_answer(lm, prompt, None, 10))
     assert "".join(pieces) == expected
-    assert "".join(stream_answer(lm, prompt, None, 10, stop=[expected[2:4]])) == cut_at_stop(
+    assert "".join(stop_pieces(stream_answer(lm, prompt, None, 10), [expected[2:4]])) == cut_at_stop(
         expected, [expected[2:4]]
     )

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from llama_index.core.llms import ChatMessage
 from llama_index.llms.mac_memory import MACMemoryLLM
-from llama_index.llms.mac_memory.base import stream_answer
 
 from mac_memory.errors import EmptyInputError, InvalidInputError
+from mac_memory.memory.memory import stream_answer
 from mac_memory.prompts import clean_answer, format_chat, format_question
 
 FACTS = [

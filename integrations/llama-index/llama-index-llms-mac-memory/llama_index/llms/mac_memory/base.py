@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import AsyncGenerator, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from typing import Any
 
-import torch
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -307,10 +305,15 @@ class MACMemoryLLM(CustomLLM):
     def _stream_chat(self, messages: Sequence[ChatMessage], kwargs: Mapping[str, Any]) -> ChatResponseGen:
         opts = self._options(kwargs)
         turns, question = self._conversation(messages)
-        recall = self._memory.recall(question, opts["k"], **self._search_kwargs(opts))
-        prompt = format_chat(self._history(turns), question)
-        extra, raw = self._payload(question, prompt, recall.sources(self._memory.snippet_chars))
-        pieces = stream_answer(self._memory.mac.lm, prompt, recall.prefix, opts["max_new_tokens"])
+        stream = self._memory.chat_stream(
+            turns,
+            opts["k"],
+            max_new_tokens=opts["max_new_tokens"],
+            history_turns=self.history_turns,
+            **self._search_kwargs(opts),
+        )
+        extra, raw = self._payload(question, format_chat(self._history(turns), question), stream.sources)
+        pieces = iter(stream)
 
         def gen() -> ChatResponseGen:
             text = ""
@@ -365,59 +368,3 @@ async def _in_threads(sync_gen: Iterator[Any]) -> AsyncGenerator[Any, None]:
         close = getattr(sync_gen, "close", None)
         if close is not None:  # stopping early must also stop the generation thread
             await asyncio.to_thread(close)
-
-
-def stream_answer(lm: Any, prompt: str, prefix: Any, max_new_tokens: int) -> Generator[str, None, None]:
-    """Generate greedily under ``prefix`` in a thread; yield the pieces of the cleaned first answer line.
-
-    The pieces join to ``clean_answer(<full greedy generation>)``: leading whitespace is skipped,
-    whitespace is held back until more text follows it, and generation stops at the first line break
-    (the answer format ends there). Generation starts on the first ``next``.
-    """
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-    stop = threading.Event()
-
-    class _StopWhenAsked(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
-
-    input_ids, attention_mask = lm.tokenize([prompt])
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            lm.generate_ids(
-                input_ids,
-                attention_mask,
-                prefix,
-                max_new_tokens=max_new_tokens,
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
-            )
-        except BaseException as exc:  # re-raised in the consumer; end() stops it from waiting forever
-            failures.append(exc)
-            streamer.end()
-
-    thread = threading.Thread(target=run, name="mac-memory-llm-stream", daemon=True)
-    thread.start()
-    generated, emitted = "", ""
-    try:
-        for chunk in streamer:
-            generated += chunk
-            body = generated.lstrip()
-            cut = body.find("\n")
-            # The answer so far: everything up to the first line break, without outer whitespace. It
-            # only ever grows by appending, so its new suffix is the next piece.
-            answer = (body if cut == -1 else body[:cut]).rstrip()
-            if len(answer) > len(emitted):
-                yield answer[len(emitted) :]
-                emitted = answer
-            if cut != -1:
-                break
-    finally:
-        stop.set()  # also when the consumer stops early: generation ends at the next token
-        thread.join()
-    if failures:
-        raise failures[0]
