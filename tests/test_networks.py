@@ -12,8 +12,8 @@ import re
 import pytest
 import torch
 from helpers import ANSWERS, CAUSAL, DOCS, KINDS, QUESTIONS
-from helpers.memtrack import PeakTensorMemory
 
+from mac_memory.bench.measure import TensorPeak as PeakTensorMemory
 from mac_memory.config import AggregatorConfig
 from mac_memory.networks.aggregator import AggregationNetwork
 

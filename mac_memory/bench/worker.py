@@ -18,7 +18,7 @@ from typing import Any
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print("usage: python -m mac_memory.bench.worker TASK.json", file=sys.stderr)
+        sys.stderr.write("usage: python -m mac_memory.bench.worker TASK.json\n")
         return 2
     spec = json.loads(Path(args[0]).read_text())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
