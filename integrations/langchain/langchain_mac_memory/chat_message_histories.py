@@ -21,8 +21,6 @@ from langchain_core.messages import (
     BaseMessage,
     ChatMessage,
     HumanMessage,
-    SystemMessage,
-    ToolMessage,
     message_to_dict,
     messages_from_dict,
 )
@@ -30,6 +28,7 @@ from mac_memory.errors import InputTypeError, InvalidInputError
 from mac_memory.memory import Hit, MACMemory
 from mac_memory.memory.store import check_namespace
 
+from ._messages import message_role
 from ._records import record_ids
 
 __all__ = ["MACMemoryChatMessageHistory"]
@@ -38,20 +37,6 @@ MESSAGE_KEY = "lc_message"
 SESSION_KEY = "lc_session"
 _SEQ = re.compile(r":(\d+)(?:#\d+)?$")  # record ids end in ":<turn>" (chunks add "#<i>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _role(message: BaseMessage) -> str:
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, ToolMessage):
-        return "tool"
-    if isinstance(message, ChatMessage):
-        return {"human": "user", "ai": "assistant"}.get(message.role, message.role)
-    return str(message.type)
 
 
 class MACMemoryChatMessageHistory(BaseChatMessageHistory):
@@ -125,7 +110,7 @@ class MACMemoryChatMessageHistory(BaseChatMessageHistory):
             metadatas: list[dict[str, Any]] = []
             ids: list[str] = []
             for i, message in enumerate(messages):
-                role = _role(message)
+                role = message_role(message)
                 if role == "system":
                     continue
                 try:

@@ -21,9 +21,6 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
     UsageMetadata,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
@@ -34,6 +31,7 @@ from mac_memory.prompts import format_chat
 from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Self
 
+from ._messages import message_role
 from ._streaming import cut_at_stop, stop_pieces
 
 logger = logging.getLogger(__name__)
@@ -238,7 +236,7 @@ class ChatMACMemory(BaseChatModel):
         """The question (the last user turn) and the turns before it that the prompt shows."""
         turns: list[tuple[str, str]] = []
         for message in messages:
-            role = _role(message)
+            role = message_role(message)
             if role not in ("user", "assistant"):
                 if role != "system":
                     logger.debug("ChatMACMemory skips a %s message: it has no place in the prompt.", role)
@@ -248,8 +246,8 @@ class ChatMACMemory(BaseChatModel):
                 raise EmptyInputError("The last user message is empty or whitespace only; ask something.")
             if content.strip():  # empty turns (an assistant that said nothing) carry nothing
                 turns.append((role, content))
-        if not messages or _role(messages[-1]) != "user":
-            last = _role(messages[-1]) if messages else None
+        if not messages or message_role(messages[-1]) != "user":
+            last = message_role(messages[-1]) if messages else None
             raise InvalidInputError(
                 "ChatMACMemory answers the user's turn: the last message must be a HumanMessage "
                 f"(got {type(messages[-1]).__name__ if messages else 'no messages'}, role {last!r})."
@@ -362,16 +360,3 @@ class ChatMACMemory(BaseChatModel):
                 chunk_position="last",
             )
         )
-
-
-def _role(message: BaseMessage) -> str:
-    """``user``, ``assistant``, ``system`` or ``other`` (tool and function results)."""
-    if isinstance(message, HumanMessage):
-        return "user"
-    if isinstance(message, AIMessage):
-        return "assistant"
-    if isinstance(message, SystemMessage):
-        return "system"
-    if isinstance(message, ChatMessage):
-        return {"human": "user", "ai": "assistant"}.get(message.role, message.role)
-    return "other"
