@@ -395,6 +395,10 @@ class ChromaStore:
         for j, cid in enumerate(res["ids"][0]):
             row: dict[str, Any] = {}
             if res.get("metadatas") is not None:
+                if not res["metadatas"][0][j]:
+                    # Deleted by another client between Chroma's vector search and its metadata read
+                    # (seen with two processes on one server): the record is gone, so is the hit.
+                    continue
                 row["metadata"] = res["metadatas"][0][j]
             if res.get("documents") is not None:
                 row["document"] = res["documents"][0][j]
@@ -441,6 +445,8 @@ def _rows(page: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     for j, cid in enumerate(page["ids"]):
         row: dict[str, Any] = {}
         if page.get("metadatas") is not None:
+            if not page["metadatas"][j]:
+                continue  # deleted by another client mid-read (see ChromaStore.query)
             row["metadata"] = page["metadatas"][j]
         if page.get("documents") is not None:
             row["document"] = page["documents"][j]

@@ -25,6 +25,7 @@ write or delete reaches Chroma), ``{"tag", "event": "verified", "when": "before"
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import os
@@ -65,6 +66,10 @@ def child(cmd: dict[str, Any], mac: Any, embedder: Any) -> None:
 
     tag = cmd["tag"]
     announced = False
+    # A child that makes no progress for 90 s dumps every thread's stack next to the memory and exits:
+    # the test then shows where it hung instead of a bare timeout (seen once in CI, not reproduced).
+    hang_report = open(f"{cmd['path']}.hang-{tag}.txt", "w")  # open until the child exits
+    faulthandler.dump_traceback_later(90, exit=True, file=hang_report)
 
     def announce(original: Any) -> Any:
         def wrapped(self: Any, *args: Any, **kwargs: Any) -> Any:
