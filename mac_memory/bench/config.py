@@ -56,8 +56,9 @@ class BenchConfig:
     measurements: tuple[str, ...] = MEASUREMENTS
     """Measurements to run: storage, ingestion, query, scale, training, profile."""
     amortizer: str = "kv_anchored"
-    """Amortizer of the configured models (gpt2-small, llama-1b, tiny): kv_anchored, or encoder (MiniLM backbone,
-    the same model as the embedder). The default checkpoint keeps its own."""
+    """Amortizer of the configured models (gpt2-small, llama-1b, tiny): kv_anchored, or encoder (frozen MiniLM
+    backbone, the same model as the embedder: one pass embeds and amortizes each chunk). The default
+    checkpoint keeps its own."""
     device: str = "auto"
     """torch device: auto (cuda when available), cpu, cuda, cuda:1, ..."""
     dtype: str = "float32"

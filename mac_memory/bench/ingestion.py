@@ -1,7 +1,9 @@
 """Ingestion: seconds per document to make a memory of new documents, three ways, on the same documents.
 
 * ``mac`` — :meth:`MACMemory.add_texts`: chunk, embed (MiniLM), amortize (one forward pass), encode and
-  upsert the Chroma record with its modulation.
+  upsert the Chroma record with its modulation. With ``--amortizer encoder`` the amortizer's backbone is
+  the embedder's MiniLM, so one pass embeds and amortizes each chunk; ``shared_encoder_pass`` in the
+  result says whether it did.
 * ``online_ft`` — the paper's "Uniform" online fine-tuning baseline
   (:class:`~mac_memory.evaluation.baselines.OnlineFineTuner`): LM-loss gradient steps of a copy of the base
   LM on each batch of documents (AdamW). Copying the LM is setup, reported apart (``setup_s``).
@@ -31,7 +33,7 @@ def _ingestor(ctx: BenchContext, variant: str) -> tuple[Callable[[list[str]], An
     """``(ingest(texts), extra figures)`` for ``variant``; what it builds first is not timed per document."""
     if variant == "mac":
         memory = ctx.memory(ctx.path("ingest", "mac", fresh=True), collection="ingest")
-        return memory.add_texts, {}
+        return memory.add_texts, {"shared_encoder_pass": memory.shares_encoder_pass}
     if variant == "online_ft":
         from ..evaluation.baselines import OnlineFineTuner
 

@@ -100,10 +100,12 @@ def _mac_config(name: str, cfg: BenchConfig) -> MACConfig:
         from ..memory.embedder import default_model_path
 
         backbone = default_model_path()  # MiniLM: the embedder's model reads for the amortizer too
+    # A frozen MiniLM read as far as the embedder reads (256 tokens) is the embedder's model: MACMemory then
+    # embeds and amortizes each chunk with one pass (mac_memory.memory.shared_encoder).
     return MACConfig(
         base_lm=BaseLMConfig(f"bench:{name}", dtype=cfg.dtype),
         amortizer=AmortizerConfig(kind=cfg.amortizer, backbone=backbone, num_tokens=T, d_mem=d, max_length=256,
-                                  head_hidden=hidden),
+                                  head_hidden=hidden, freeze_backbone=backbone is not None),
         aggregator=AggregatorConfig(num_layers=layers, num_heads=heads, window=window),
         modulation=ModulationConfig(hidden=hidden),
     )

@@ -2,7 +2,8 @@
 
 ``from mac_memory.memory import MACMemory`` is the entry point; see :class:`MACMemory`. Submodules, one
 per concept: :mod:`.memory` (the component), :mod:`.store` (the Chroma record layout), :mod:`.codec`
-(modulation ⇄ bytes), :mod:`.embedder` (similarity-search embeddings), :mod:`.chunking` and
+(modulation ⇄ bytes), :mod:`.embedder` (similarity-search embeddings), :mod:`.shared_encoder` (one
+encoder pass for embedding and amortization when both are one model), :mod:`.chunking` and
 :mod:`.commands` (the ``ingest``/``ask``/``reindex``/``stats`` CLI). Attributes load lazily, so
 importing this package (or its CLI table) costs nothing until a memory is used.
 

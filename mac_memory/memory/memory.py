@@ -1,7 +1,8 @@
 """MACMemory: the persistent, parametric memory an application holds.
 
 Writing a document chunks it, embeds each chunk (for candidate pre-selection) and amortizes it in one
-forward pass into a modulation, stored in the chunk's own Chroma record (:mod:`.store`). Answering a
+forward pass into a modulation, stored in the chunk's own Chroma record (:mod:`.store`). When the
+amortizer's backbone is the embedder's model, one pass gives both (:mod:`.shared_encoder`). Answering a
 question embeds it, takes the top-k records of its namespace from Chroma, decodes their modulations,
 lets the aggregation network merge them (hierarchically beyond its window) into one prefix for the
 frozen LM, and generates with only the question in the prompt. Sources come back ranked by their
@@ -53,6 +54,7 @@ from . import store as S
 from .chunking import Chunk, Chunker
 from .codec import CODECS, b64_to_modulation, modulation_to_b64
 from .embedder import Embedder, SentenceTransformerEmbedder
+from .shared_encoder import SharedEncoderPass
 from .store import ChromaStore, Record
 
 logger = logging.getLogger(__name__)
@@ -332,6 +334,10 @@ class MACMemory:
         chunk_size, chunk_overlap, chunk_unit: document chunking (default: the amortizer's
             ``max_length`` in its tokenizer's tokens, overlap 1/8 of it).
         amortize_batch_size: documents per amortization forward pass.
+        share_encoder_pass: when the amortizer's frozen backbone is the embedder's model, embed each chunk
+            from the amortizer's own pass instead of reading it a second time (see
+            :mod:`~mac_memory.memory.shared_encoder` for the rule; :attr:`shares_encoder_pass` tells
+            whether it holds). False always runs both models.
         device: device to load ``checkpoint`` on (default: CUDA when available).
         check_checkpoint: refuse a memory written by other networks or another embedder (default).
             False opens it anyway, for :meth:`reindex`; answers still refuse stale modulations.
@@ -373,6 +379,7 @@ class MACMemory:
         chunk_overlap: int | None = None,
         chunk_unit: str = "token",
         amortize_batch_size: int = 16,
+        share_encoder_pass: bool = True,
         device: str | None = None,
         check_checkpoint: bool = True,
         show_progress: bool | None = None,
@@ -402,6 +409,9 @@ class MACMemory:
         self.snippet_chars = snippet_chars
         self.clock = clock
         self._lock = threading.RLock()
+        self._share_encoder_pass = bool(share_encoder_pass)
+        self._shared_pass: SharedEncoderPass | None = None
+        self._shared_pass_decided = False
 
         # Networks first: a missing checkpoint must fail before anything is created on disk.
         self.mac = model if model is not None else self._load_model(checkpoint, device)
@@ -501,6 +511,32 @@ class MACMemory:
             )
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def shares_encoder_pass(self) -> bool:
+        """Whether each written chunk is embedded and amortized by one backbone pass.
+
+        Decided once, on first use (it loads the embedder's model and runs a small probe); the log says
+        why at INFO level.
+        """
+        with self._lock:
+            return self._encoder_pass() is not None
+
+    def _encoder_pass(self) -> SharedEncoderPass | None:
+        if not self._shared_pass_decided:
+            if self._share_encoder_pass:
+                amortizer = getattr(self.mac, "amortizer", None)
+                self._shared_pass, reason = SharedEncoderPass.build(amortizer, self.embedder, self._model_lock)
+            else:
+                reason = "share_encoder_pass=False"
+            self._shared_pass_decided = True
+            logger.info(
+                "Memory %r %s one encoder pass for embedding and amortization: %s",
+                self.store.name,
+                "shares" if self._shared_pass is not None else "does not share",
+                reason,
+            )
+        return self._shared_pass
+
     def _ns(self, namespace: str | None) -> str:
         return self.default_namespace if namespace is None else S.check_namespace(namespace)
 
@@ -531,6 +567,24 @@ class MACMemory:
                 parts.append(self.embedder.embed_documents(texts[i : i + step]))
                 bar.update(len(parts[-1]))
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _embed_and_amortize(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """``(N, dim)`` embeddings and the codec blobs of ``texts``: one backbone pass per batch when the
+        pass is shared (:attr:`shares_encoder_pass`), else the embedder's pass and the amortizer's."""
+        shared = self._encoder_pass() if texts else None
+        if shared is None:
+            return self._embed(texts), self._modulations(texts)
+        parts: list[np.ndarray] = []
+        blobs: list[str] = []
+        with self._progress(len(texts), "embedding + amortizing") as bar:
+            for i in range(0, len(texts), self.amortize_batch_size):
+                batch = list(texts[i : i + self.amortize_batch_size])
+                with self._model_lock:
+                    memory, embeddings = shared(batch)  # (B, T, d_mem), (B, dim)
+                blobs += [modulation_to_b64(m, self.codec) for m in memory]
+                parts.append(embeddings)
+                bar.update(len(batch))
+        return np.concatenate(parts), blobs
 
     # ------------------------------------------------------------------ writing
     def add_texts(
@@ -594,8 +648,7 @@ class MACMemory:
         stale = [cid for cid in self._parent_cids(ns, parents) if cid not in new_cids]
 
         texts_to_write = [chunk.text for _, _, chunk, _, _ in plan]
-        embeddings = self._embed(texts_to_write)
-        blobs = self._modulations(texts_to_write)
+        embeddings, blobs = self._embed_and_amortize(texts_to_write)
         now = float(self.clock())
         records = []
         for (doc_id, record_id, chunk, n, md), emb, blob, cid in zip(
@@ -789,8 +842,11 @@ class MACMemory:
                     ]
                     if todo:
                         texts = [row.get("document") or "" for _, row in todo]
-                        blobs = self._modulations(texts)
-                        embs = self._embed(texts) if reembed else [row["embedding"] for _, row in todo]
+                        if reembed:
+                            embs, blobs = self._embed_and_amortize(texts)
+                        else:
+                            blobs = self._modulations(texts)
+                            embs = [row["embedding"] for _, row in todo]
                         records = []
                         for (cid, row), blob, emb in zip(todo, blobs, embs, strict=True):
                             md = dict(row.get("metadata") or {})

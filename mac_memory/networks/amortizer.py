@@ -97,14 +97,27 @@ class EncoderAmortizer(_BackboneAmortizer):
         )
         self.heads = PerTokenMLP(config.num_tokens, d, config.head_hidden, d)
 
-    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's reading of ``texts``: last hidden states ``(B, n, hidden)`` and attention mask ``(B, n)``.
+
+        Split from :meth:`memory_tokens` so that one backbone pass can serve twice: when the backbone is
+        also the memory's sentence embedder, its mean-pooled states are the chunk's embedding
+        (:mod:`mac_memory.memory.shared_encoder`), and the document is not read a second time.
+        """
         input_ids, attention_mask = self._tokenize(texts)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden, attention_mask  # (B, n, hidden), (B, n)
+
+    def memory_tokens(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, T, d_mem)`` from :meth:`encode`'s hidden states ``(B, n, hidden)`` and mask ``(B, n)``."""
         memory = self.input_proj(hidden)  # (B, n, d_mem)
-        x = self.queries.unsqueeze(0).expand(input_ids.shape[0], -1, -1)  # (B, T, d_mem)
+        x = self.queries.unsqueeze(0).expand(hidden.shape[0], -1, -1)  # (B, T, d_mem)
         for block in self.decoder:
             x = block(x, memory, attention_mask.bool())
         return self.heads(x)  # (B, T, d_mem)
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.memory_tokens(*self.encode(texts))  # (B, T, d_mem)
 
 
 class KVAnchoredAmortizer(Amortizer):
