@@ -153,9 +153,16 @@ class AggregatorConfig(_Section):
     """Documents aggregated at once; larger candidate sets are aggregated hierarchically."""
     dropout: float = 0.0
     """Dropout inside the blocks during training."""
+    readout: str = "token"
+    """How the merged tokens are read out of the stored ones. ``token`` (the paper's): each merged token
+    attends to every stored token of every candidate. ``slot``: merged token ``t`` attends to token ``t``
+    of each candidate only (a weighted average over documents, slot by slot), so a memory of one document
+    passes through exactly — the right prior when slot ``t`` means the same in every document, as with the
+    KV-anchored amortizer's pooling slots. Checkpoints written before this option read as ``token``."""
 
     def __post_init__(self) -> None:
         s = self._section
+        _check(self.readout in ("token", "slot"), s, "readout", self.readout, "must be 'token' or 'slot'")
         for name in ("num_layers", "num_heads"):
             value = getattr(self, name)
             _check(_is_int(value) and value > 0, s, name, value, "must be a positive integer")

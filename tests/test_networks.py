@@ -132,10 +132,11 @@ def test_frozen_backbone_gets_no_gradient(make_mac):
 # ---------------------------------------------------------------------------------------------- aggregation
 
 
-@pytest.fixture(scope="module")
-def aggregator() -> AggregationNetwork:
+@pytest.fixture(scope="module", params=["token", "slot"])
+def aggregator(request) -> AggregationNetwork:
     torch.manual_seed(0)
-    return AggregationNetwork(AggregatorConfig(num_layers=2, num_heads=4, window=4), D_MEM).eval()
+    config = AggregatorConfig(num_layers=2, num_heads=4, window=4, readout=request.param)
+    return AggregationNetwork(config, D_MEM).eval()
 
 
 def _inputs(batch: int, n_docs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +169,29 @@ def test_mac_aggregate_within_window_equals_plain_forward(make_mac):
         windowed = mac.aggregate(QUESTIONS, memory, window=8)
     assert torch.equal(windowed.tokens, plain.tokens)
     assert torch.equal(windowed.weights, plain.weights)
+
+
+def test_slot_readout_passes_one_document_through_and_mixes_slot_by_slot():
+    """readout='slot': one candidate comes out exactly as stored; with several, merged token t is a convex
+    mix of the candidates' tokens t only (so it stays in the span of those tokens)."""
+    torch.manual_seed(0)
+    net = AggregationNetwork(AggregatorConfig(num_layers=2, num_heads=4, window=4, readout="slot"), D_MEM).eval()
+    queries, memory = _inputs(2, 1, seed=11)
+    with torch.no_grad():
+        out = net(queries, memory)
+    assert torch.equal(out.tokens, memory[:, 0]) and torch.equal(out.weights, torch.ones(2, 1))
+    queries, memory = _inputs(1, 3, seed=12)
+    memory[0, :, 1] = memory[0, 0, 1]  # slot 1 identical in every candidate: it must come out unchanged
+    with torch.no_grad():
+        out = net(queries, memory)
+    torch.testing.assert_close(out.tokens[0, 1], memory[0, 0, 1])
+    assert not torch.allclose(out.tokens[0, 0], memory[0, 0, 1], atol=1e-3)
+
+
+def test_readout_is_checked_and_old_configs_read_as_token():
+    with pytest.raises(Exception, match="readout"):
+        AggregatorConfig(readout="mean")
+    assert AggregatorConfig.from_dict({"num_layers": 2}).readout == "token"
 
 
 def _padded_mask(batch: int, n_docs: int, seed: int) -> torch.Tensor:

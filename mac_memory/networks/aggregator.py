@@ -46,6 +46,7 @@ class AggregationNetwork(nn.Module):
         super().__init__()
         self.window = config.window
         self.num_heads = config.num_heads
+        self.readout = config.readout
         self.blocks = nn.ModuleList(
             CrossAttentionBlock(d_mem, config.num_heads, config.mlp_ratio, config.dropout)
             for _ in range(config.num_layers)
@@ -76,6 +77,9 @@ class AggregationNetwork(nn.Module):
         # Read-out: multi-head attention whose values are the stored memory tokens themselves.
         h, dh = self.num_heads, d // self.num_heads
         q = self.readout_q(self.readout_norm_q(x)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, T, dh)
+        if self.readout == "slot":
+            mixed, weights = self._slot_readout(q, memory, doc_mask)
+            return Aggregated(mixed + self.refine(x), weights)
         k = self.readout_k(self.readout_norm_k(flat)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
         v = flat.view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)  # (B, h, T, N*T_m)
@@ -83,6 +87,24 @@ class AggregationNetwork(nn.Module):
         mixed = (attn @ v).transpose(1, 2).reshape(B, -1, d)  # (B, T, d)
         weights = attn.mean(dim=(1, 2)).view(B, N, Tm).sum(dim=-1)  # (B, N), rows sum to 1
         return Aggregated(mixed + self.refine(x), weights)
+
+    def _slot_readout(self, q: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Merged token ``t`` = per-head weighted average of token ``t`` over the candidates.
+
+        ``q`` ``(B, h, T, dh)``, ``memory`` ``(B, N, T, d)``, ``doc_mask`` ``(B, N)`` → merged ``(B, T, d)``
+        and each candidate's weight ``(B, N)`` (mean over heads and slots; rows sum to 1).
+        """
+        B, N, T, d = memory.shape
+        if q.shape[2] != T:
+            raise ValueError(f"The slot read-out needs as many question tokens as memory tokens ({q.shape[2]} vs {T}).")
+        h, dh = self.num_heads, d // self.num_heads
+        k = self.readout_k(self.readout_norm_k(memory)).view(B, N, T, h, dh)
+        v = memory.view(B, N, T, h, dh)
+        scores = torch.einsum("bhtc,bnthc->bhtn", q, k) / math.sqrt(dh)  # (B, h, T, N)
+        attn = scores.masked_fill(~doc_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
+        mixed = torch.einsum("bhtn,bnthc->bthc", attn, v).reshape(B, T, d)  # (B, T, d)
+        return mixed, attn.mean(dim=(1, 2))  # (B, N)
 
     def aggregate(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
                   window: int | None = None) -> Aggregated:

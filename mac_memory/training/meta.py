@@ -72,6 +72,9 @@ class MetaTrainConfig:
     """Attention heads of the aggregation network."""
     window: int = 16
     """Aggregation window (larger candidate sets are aggregated hierarchically)."""
+    readout: str = "token"
+    """Aggregator read-out: 'token' (the paper's: each merged token attends to all stored tokens) or 'slot'
+    (merged token t averages token t of the candidates; one document passes through exactly)."""
     memory: str = "batch"
     """What each question sees: 'batch' (all documents of the batch, the paper's) or 'gold' (its own)."""
     steps: int = 2000
@@ -123,7 +126,8 @@ class MetaTrainConfig:
             base_lm=BaseLMConfig(self.base_lm),
             amortizer=AmortizerConfig(kind=self.kind, backbone=self.backbone, num_tokens=self.num_tokens,
                                       d_mem=self.d_mem),
-            aggregator=AggregatorConfig(num_layers=self.agg_layers, num_heads=self.agg_heads, window=self.window),
+            aggregator=AggregatorConfig(num_layers=self.agg_layers, num_heads=self.agg_heads, window=self.window,
+                                        readout=self.readout),
             modulation=ModulationConfig(),
         )
 
