@@ -72,9 +72,9 @@ class MetaTrainConfig:
     """Attention heads of the aggregation network."""
     window: int = 16
     """Aggregation window (larger candidate sets are aggregated hierarchically)."""
-    readout: str = "token"
-    """Aggregator read-out: 'token' (the paper's: each merged token attends to all stored tokens) or 'slot'
-    (merged token t averages token t of the candidates; one document passes through exactly)."""
+    readout: str = "slot"
+    """Aggregator read-out: 'slot' (merged token t averages token t of the candidates; one document passes
+    through exactly) or 'token' (the paper's: each merged token attends to all stored tokens)."""
     memory: str = "batch"
     """What each question sees: 'batch' (all documents of the batch, the paper's) or 'gold' (its own)."""
     steps: int = 2000
