@@ -127,8 +127,11 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
     base = BaseTrainConfig(world_entities=30, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, steps=4, batch_size=4, eval_every=4, warmup=1, max_length=128)
     rung = _meta_cfg("unused", "unused", steps=3, eval_every=3, batch_size=4)
-    recipe = default.DefaultRecipe(base=base, mac_gold=replace(rung, memory="gold"), mac=rung)
+    recipe = default.DefaultRecipe(base=base, base_continue=replace(base, steps=6, lr=5e-4),
+                                   mac_gold=replace(rung, memory="gold"), mac=rung)
     paths = default.train_default(recipe, tmp_path / "cache")
+    base_log = [json.loads(line) for line in (tmp_path / "cache" / "base-run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in base_log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # phase 2 resumed at step 4
     assert (tmp_path / "cache" / "mac-gold-run" / "final" / "mac_manifest.json").is_file()
     batch_cfg = json.loads((tmp_path / "cache" / "mac-run" / "train_config.json").read_text())
     assert batch_cfg["init"].endswith("mac-gold-run/final") and batch_cfg["memory"] == "batch"

@@ -27,7 +27,7 @@ def _config_command(module: str, config: str, func: str, done: str) -> tuple[Any
 
 def _train_default_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="directory to train into (default: the user cache)")
-    parser.add_argument("--base-steps", type=int, default=None, help="override the recipe's base-LM steps")
+    parser.add_argument("--base-steps", type=int, default=None, help="train the base LM for N steps in one phase (instead of the recipe's two)")
     parser.add_argument("--gold-steps", type=int, default=None,
                         help="override the recipe's gold-memory MAC steps (0 = skip that rung)")
     parser.add_argument("--mac-steps", type=int, default=None, help="override the recipe's MAC steps")
@@ -43,7 +43,7 @@ def _train_default(ns: argparse.Namespace) -> int:
 
     recipe = RECIPE
     if ns.base_steps:
-        recipe = replace(recipe, base=replace(recipe.base, steps=ns.base_steps))
+        recipe = replace(recipe, base=replace(recipe.base, steps=ns.base_steps), base_continue=None)
     if ns.gold_steps is not None:
         gold = replace(recipe.mac_gold, steps=ns.gold_steps) if ns.gold_steps and recipe.mac_gold else None
         recipe = replace(recipe, mac_gold=gold)
