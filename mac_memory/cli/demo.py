@@ -48,8 +48,8 @@ def run(ns: argparse.Namespace) -> int:
     paths = default_paths(train=True)
     logger.info("embedded default: base LM %s, MAC checkpoint %s", paths.base_lm, paths.checkpoint)
     mac = load_default(paths=paths)
-    config = EvalConfig(data="synthetic:test", world_seed=RECIPE.mac.world_seed,
-                        world_entities=RECIPE.mac.world_entities, limit_docs=ns.docs, max_questions=ns.questions,
+    config = EvalConfig(data="synthetic:test", world_seed=RECIPE.base.world_seed,
+                        world_entities=RECIPE.base.world_entities, limit_docs=ns.docs, max_questions=ns.questions,
                         k=ns.k, retention_first=max(1, ns.docs // 10), out=ns.out, seed=ns.seed)
     report = evaluate(config, mac=mac)
     print(f"\nOnline adaptation on {ns.docs} documents about held-out invented people "

@@ -30,7 +30,7 @@ def _train_default_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-steps", type=int, default=None, help="train the base LM for N steps in one phase (instead of the recipe's two)")
     parser.add_argument("--gold-steps", type=int, default=None,
                         help="override the recipe's gold-memory MAC steps (0 = skip that rung)")
-    parser.add_argument("--mac-steps", type=int, default=None, help="override the recipe's MAC steps")
+    parser.add_argument("--mac-steps", type=int, default=None, help="add (or resize) the batch-memory MAC rung after the gold one: N steps")
     parser.add_argument("--package", action="store_true",
                         help="then store it in float16 inside the package (mac_memory/assets/default), "
                              "the copy `MACMemory()` and `mac-memory demo` use first")
@@ -48,7 +48,9 @@ def _train_default(ns: argparse.Namespace) -> int:
         gold = replace(recipe.mac_gold, steps=ns.gold_steps) if ns.gold_steps and recipe.mac_gold else None
         recipe = replace(recipe, mac_gold=gold)
     if ns.mac_steps:
-        recipe = replace(recipe, mac=replace(recipe.mac, steps=ns.mac_steps))
+        from ..training.default import BATCH_RUNG
+
+        recipe = replace(recipe, mac=replace(recipe.mac or BATCH_RUNG, steps=ns.mac_steps))
     paths = train_default(recipe, Path(ns.out) if ns.out else cache_dir())
     if ns.package:
         from ..training.default import package_default
