@@ -233,6 +233,37 @@ def test_namespaces_are_walls(make_memory):
     assert memory.delete(namespace="nope") == 0 and memory.count() == 2
 
 
+def test_namespace_search_equals_exact_ranking_with_and_without_chroma_filter(make_memory):
+    """Retrieval in a namespace searches the whole collection first and keeps the namespace's rows (Chroma's
+    filter is slow on large collections), falling back to the filtered search when the namespace is a
+    minority among the nearest records. Both ways give the namespace's exact nearest records."""
+    memory = make_memory()
+    big = [f"Record {i}: the {w} harbour ships {i * 7 % 13} crates of {v}." for i, (w, v) in
+           enumerate(zip(["north", "south", "east", "west"] * 10, ["tea", "salt", "iron", "wool", "silk"] * 8))]
+    memory.add_texts(big, ids=[f"a{i}" for i in range(len(big))], namespace="A")
+    far = ["Violin lessons start at noon on Fridays.", "The bakery sells rye bread.", "Mountain trails close in winter."]
+    memory.add_texts(far, ids=["b0", "b1", "b2"], namespace="B")
+    calls: list[dict[str, Any]] = []
+    real = memory.store.query
+
+    def spy(vector: Any, k: int, where: Any, include: Any) -> Any:
+        calls.append(dict(where))
+        return real(vector, k, where, include)
+
+    memory.store.query = spy  # type: ignore[method-assign]
+    question = "Which harbour ships salt?"
+    q = memory.embedder.embed_query(question)
+    for ns, k in (("A", 5), ("B", 2)):
+        calls.clear()
+        got = [h.id for h in memory.retrieve(question, k=k, namespace=ns)]
+        rows = memory.store.collection.get(where={"mac_namespace": ns}, include=["embeddings", "metadatas"])
+        dist = {md["mac_id"]: 1 - float(np.dot(e, q)) for e, md in zip(rows["embeddings"], rows["metadatas"])}
+        assert got == sorted(dist, key=dist.get)[:k]
+        assert calls[0] == {}  # the unfiltered search comes first
+        # A: 40 of 43 records, found unfiltered; B: 3 far-off records of 43, so the filtered search ran.
+        assert (len(calls) > 1) == (ns == "B"), calls
+
+
 def test_readd_same_id_replaces_text_metadata_and_modulation(make_memory, tiny):
     memory = make_memory(chunk_size=12, chunk_overlap=2)
     long_text = " ".join(DISTRACTORS)

@@ -944,7 +944,10 @@ class MACMemory:
         vector = self.embedder.embed_query(query)
         n = 2 * k if prefer_newest else k  # prefer_newest over-fetches: k remain after dropping versions
         try:
-            rows = self.store.query(vector, n, clause, include)
+            if where is None and cutoff is None:
+                rows = self._query_namespace(vector, n, ns, clause, include)
+            else:
+                rows = self.store.query(vector, n, clause, include)
             if len(rows) < n:
                 rows = self._complete(rows, vector, n, clause, include)
         except Exception as exc:
@@ -958,6 +961,25 @@ class MACMemory:
             mod = self._decode([row])[0] if with_modulation else None
             out.append((_hit(cid, row, 1.0 - row.get("distance", 1.0), mod), row))
         return out
+
+    def _query_namespace(
+        self, vector: np.ndarray, n: int, ns: str, clause: Mapping[str, Any], include: Sequence[str]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Top-``n`` of namespace ``ns``, searching without Chroma's filter first.
+
+        Chroma's filtered search grows with the collection (one namespace filter: 567.6 ms against 3.6 ms
+        unfiltered at 100,000 records, ``docs/benchmarks/bench.md``), while most memories hold one
+        namespace or a few. So the nearest ``2n + 8`` records of the whole collection are fetched and the
+        namespace's kept; any closer record of the namespace would be among them, so when ``n`` of them
+        remain (or the collection was smaller) they are the filtered search's answer. Otherwise the
+        filtered search runs. Rows of other namespaces are dropped here, before anything reads them.
+        """
+        wide = 2 * n + 8
+        rows = self.store.query(vector, wide, {}, include)
+        kept = [(cid, row) for cid, row in rows if (row.get("metadata") or {}).get(S.K_NAMESPACE) == ns]
+        if len(kept) >= n or len(rows) < wide:
+            return kept[:n]
+        return self.store.query(vector, n, clause, include)
 
     def _complete(
         self,

@@ -388,7 +388,7 @@ class ChromaStore:
             self.collection.query,
             query_embeddings=np.asarray(embedding, dtype=np.float32)[None, :],
             n_results=k,
-            where=dict(where),
+            where=dict(where) or None,
             include=list(include),
         )
         rows: list[tuple[str, dict[str, Any]]] = []
