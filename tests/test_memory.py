@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import types
 import uuid
 from datetime import datetime
@@ -51,31 +50,16 @@ def _settings() -> Any:
     return Settings(anonymized_telemetry=False)
 
 
-def _build_mac(lm_dir: Path, seed: int) -> Any:
-    import torch
-
-    from mac_memory.config import AggregatorConfig, AmortizerConfig, BaseLMConfig, MACConfig
-    from mac_memory.frozen_lm import FrozenLM
-    from mac_memory.model import MACModel
-
-    lm = FrozenLM.from_pretrained(lm_dir, device="cpu")
-    torch.manual_seed(seed)
-    config = MACConfig(
-        base_lm=BaseLMConfig(str(lm_dir)),
-        amortizer=AmortizerConfig(kind="kv_anchored", num_tokens=4, d_mem=32),
-        aggregator=AggregatorConfig(num_layers=1, num_heads=4),
-    )
-    return MACModel(config, lm).eval()
-
-
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_path: Any) -> types.SimpleNamespace:
     """Tiny Llama (GQA) + two differently initialised MAC models over it; the first saved as a checkpoint."""
+    from helpers.reliability import tiny_mac
+
     root = tmp_path_factory.mktemp("tiny_mac")
     lm_dir = tiny_path("llama")  # conftest: built once per session, shared with the other test files
-    mac = _build_mac(lm_dir, seed=0)
+    mac = tiny_mac(str(lm_dir), seed=0)
     ckpt = mac.save_pretrained(root / "ckpt")
-    mac_other = _build_mac(lm_dir, seed=1)
+    mac_other = tiny_mac(str(lm_dir), seed=1)
     return types.SimpleNamespace(lm_dir=lm_dir, mac=mac, ckpt=ckpt, mac_other=mac_other)
 
 
@@ -770,11 +754,12 @@ def chroma_server(path: Path) -> Any:
 
 def test_chroma_server_from_this_process(make_memory, tiny, tmp_path):
     import chromadb
+    from helpers.reliability import wait_for_heartbeat
 
     from mac_memory.errors import StoreConnectionError
 
     with chroma_server(tmp_path / "server") as (server, port):
-        _wait_for_heartbeat(port)
+        wait_for_heartbeat(port, timeout=30.0)
         memory = make_memory(host="127.0.0.1", port=port, collection="server_docs")
         assert memory.store.remote and memory.store.location == f"127.0.0.1:{port}"
         ids = memory.add_texts([FACT, *DISTRACTORS], namespace="u1")
@@ -803,12 +788,14 @@ def test_chroma_server_from_this_process(make_memory, tiny, tmp_path):
 
 @pytest.mark.slow  # two fresh processes + a server: ~35 s on a busy 2-core machine (the limit is 20 s)
 def test_chroma_server_shared_by_two_processes(tiny, tmp_path):
+    from helpers.reliability import wait_for_heartbeat
+
     with chroma_server(tmp_path / "server") as (_, port):
         spec = {"port": port, "checkpoint": str(tiny.ckpt), "collection": "shared_docs"}
         writer = _spawn_worker({**spec, "add": [FACT, *DISTRACTORS]})
         reader = _spawn_worker(spec)  # both import in parallel with the server's start-up
         try:
-            _wait_for_heartbeat(port)
+            wait_for_heartbeat(port, timeout=30.0)
             written = _go(writer)
             read = _go(reader, ids=written["ids"])
         finally:
@@ -817,21 +804,6 @@ def test_chroma_server_shared_by_two_processes(tiny, tmp_path):
                     proc.kill()
     _same_view(written, read)
     assert read["count"] == 4 and len(read["modulations"]) == 4
-
-
-def _wait_for_heartbeat(port: int, timeout: float = 30.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"chroma run did not answer on port {port} within {timeout}s") from None
-            time.sleep(0.1)
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "worker":

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from helpers.mixed_load import check_mixed, memory_kwargs, run_mixed
-from helpers.reliability import SCALE, save_tiny_checkpoint, settings, tiny_mac
+from helpers.reliability import SCALE, save_tiny_checkpoint, settings, tiny_mac, wait_for_heartbeat
 
 WORKER = Path(__file__).resolve().parent / "helpers" / "mixed_load.py"
 
@@ -173,21 +173,6 @@ def _chroma_server(path: Path) -> Any:
         server.wait(timeout=30)
 
 
-def _wait_for_heartbeat(port: int, timeout: float = 60.0) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"chroma run did not answer on port {port}") from None
-            time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_two_processes_on_a_chroma_server(tiny_path, tmp_path):
     import chromadb
@@ -217,7 +202,7 @@ def test_two_processes_on_a_chroma_server(tiny_path, tmp_path):
             for i in range(2)
         ]
         try:
-            _wait_for_heartbeat(port)
+            wait_for_heartbeat(port)
             for w in workers:  # both start their workload together
                 assert w.stdin is not None
                 w.stdin.write("go\n")

@@ -177,3 +177,20 @@ def record_problems(
             if not np.allclose(mod, ref.astype(np.float16).astype(np.float32), atol=2e-2, rtol=2e-2):
                 problems.append(f"{cid}: modulation is not the amortization of its text")
     return problems
+
+
+def wait_for_heartbeat(port: int, timeout: float = 60.0) -> None:
+    """Wait until a ``chroma run`` server on localhost ``port`` answers its heartbeat."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chroma run did not answer on port {port} within {timeout}s") from None
+            time.sleep(0.1)
