@@ -162,11 +162,20 @@ class AggregatorConfig(_Section):
     the embedded default's gold rung it reached 25.0 F1 in 600 steps where ``token`` reached 8.6
     (docs/results.md). ``token`` (the paper's): each merged token attends to every stored token of every
     candidate. Checkpoints written before this option read as ``token``."""
+    retrieval_temperature: float | None = None
+    """Retrieval prior: when the candidates come from an embedding search, each one's read-out logits get
+    ``similarity / retrieval_temperature`` (cosine similarity to the question), so a clearly better match
+    dominates the merge and close calls stay mixed. None = no prior (the network alone weighs the
+    candidates). Set by ``mac-memory calibrate`` on validation questions, for the embedder it searched
+    with (the default MiniLM)."""
     _absent_means: ClassVar[dict[str, Any]] = {"readout": "token"}
 
     def __post_init__(self) -> None:
         s = self._section
         _check(self.readout in ("token", "slot"), s, "readout", self.readout, "must be 'token' or 'slot'")
+        t = self.retrieval_temperature
+        _check(t is None or (_is_number(t) and 0 < t < float("inf")), s, "retrieval_temperature", t,
+               "must be None or a positive number")
         for name in ("num_layers", "num_heads"):
             value = getattr(self, name)
             _check(_is_int(value) and value > 0, s, name, value, "must be a positive integer")

@@ -98,17 +98,39 @@ class MACModel(nn.Module):
         """Question tokens ``(B, T, d_mem)`` that drive the aggregation."""
         return self.question_encoder(check_texts(questions, "question"))
 
+    def retrieval_prior(self, similarity: torch.Tensor | None, doc_mask: torch.Tensor | None = None
+                        ) -> torch.Tensor | None:
+        """Read-out log-prior ``(B, N)`` from the candidates' retrieval similarity ``(B, N)``.
+
+        ``similarity / retrieval_temperature`` (the checkpoint's calibrated temperature, see
+        :class:`~mac_memory.config.AggregatorConfig`); None when there is no similarity or no temperature.
+        Padding candidates (``doc_mask`` False) and non-finite similarities contribute nothing.
+        """
+        temperature = self.config.aggregator.retrieval_temperature
+        if similarity is None or temperature is None:
+            return None
+        prior = similarity.to(self.device, torch.float32) / float(temperature)
+        keep = torch.isfinite(prior) if doc_mask is None else torch.isfinite(prior) & doc_mask.bool()
+        return prior.masked_fill(~keep, 0.0)
+
     def aggregate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                  window: int | None = None) -> Aggregated:
-        """Merge ``memory`` ``(B, N, T, d_mem)`` (or ``(N, T, d_mem)``, shared by all questions) per question."""
+                  window: int | None = None, similarity: torch.Tensor | None = None) -> Aggregated:
+        """Merge ``memory`` ``(B, N, T, d_mem)`` (or ``(N, T, d_mem)``, shared by all questions) per question.
+
+        ``similarity`` ``(B, N)``: each candidate's retrieval similarity to its question (cosine), turned
+        into a read-out prior by :meth:`retrieval_prior`; leave it None when there was no search.
+        """
         queries = self.encode_questions(questions)
         memory = _per_question(memory, queries.shape[0])
-        return self.aggregator.aggregate(queries, memory, doc_mask, window=window)
+        if similarity is not None and similarity.shape != memory.shape[:2]:
+            raise ValueError(f"similarity must be (B, N) = {tuple(memory.shape[:2])}; got {tuple(similarity.shape)}.")
+        prior = self.retrieval_prior(similarity, doc_mask)
+        return self.aggregator.aggregate(queries, memory, doc_mask, window=window, prior=prior)
 
     def modulate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                 window: int | None = None) -> tuple[PrefixKV, torch.Tensor]:
+                 window: int | None = None, similarity: torch.Tensor | None = None) -> tuple[PrefixKV, torch.Tensor]:
         """The prefix for each question and each candidate's aggregation weight ``(B, N)``."""
-        merged = self.aggregate(questions, memory, doc_mask, window)
+        merged = self.aggregate(questions, memory, doc_mask, window, similarity)
         return self.projector(merged.tokens), merged.weights
 
     def loss(self, questions: Sequence[str], answers: Sequence[str], memory: torch.Tensor,
@@ -119,10 +141,10 @@ class MACModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                 *, max_new_tokens: int = 32, num_beams: int = 1, window: int | None = None
-                 ) -> tuple[list[str], torch.Tensor]:
+                 *, max_new_tokens: int = 32, num_beams: int = 1, window: int | None = None,
+                 similarity: torch.Tensor | None = None) -> tuple[list[str], torch.Tensor]:
         """Answers to ``questions`` from ``memory`` alone (no document text in the prompt) + weights."""
-        prefix, weights = self.modulate(questions, memory, doc_mask, window)
+        prefix, weights = self.modulate(questions, memory, doc_mask, window, similarity)
         return self.lm.answer(questions, prefix, max_new_tokens=max_new_tokens, num_beams=num_beams), weights
 
     # ------------------------------------------------------------------ persistence

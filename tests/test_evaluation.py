@@ -390,3 +390,20 @@ def test_cli_eval_without_checkpoint_says_how_to_get_one(tmp_path, monkeypatch, 
     )
     assert code == 2
     assert "checkpoint" in capsys.readouterr().err.lower()
+
+
+def test_synthetic_fresh_is_a_held_out_stream_in_the_worlds_vocabulary():
+    from mac_memory.data import attribute_values
+    from mac_memory.evaluation import load_documents
+
+    docs = load_documents(EvalConfig(data="synthetic:fresh", limit_docs=300, world_entities=400, out=None))
+    assert len(docs) == 300 and docs == load_documents(EvalConfig(data="synthetic:fresh", limit_docs=300))
+    world = generate_world(WorldConfig(seed=0, n_entities=400))
+    world_names = {d.metadata["entity"] for split in world.values() for d in split}
+    assert not world_names & {d.metadata["entity"] for d in docs}  # new people
+    cities = set(attribute_values(0)["birth_city"])
+    born = [qa.answers[0] for d in docs for qa in d.qas if qa.metadata.get("attribute") == "birth_city"]
+    assert born and set(born) <= cities  # the training world's invented cities, new people
+    assert len(load_documents(EvalConfig(data="synthetic:fresh", out=None))) == 2000
+    with pytest.raises(ConfigError, match="train, val, test or fresh"):
+        load_documents(EvalConfig(data="synthetic:dev", out=None))

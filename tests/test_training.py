@@ -127,14 +127,17 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
     base = BaseTrainConfig(world_entities=30, vocab_size=300, hidden_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, steps=4, batch_size=4, eval_every=4, warmup=1, max_length=128)
     rung = _meta_cfg("unused", "unused", steps=3, eval_every=3, batch_size=4)
+    calibration = default.CalibrateConfig(world_entities=30, k=2, temperatures=(0.02,), max_questions=6, threads=1)
     recipe = default.DefaultRecipe(base=base, base_continue=replace(base, steps=6, lr=5e-4),
-                                   mac_gold=replace(rung, memory="gold"), mac=rung)
+                                   mac_gold=replace(rung, memory="gold"), mac=rung, calibration=calibration)
     paths = default.train_default(recipe, tmp_path / "cache")
     base_log = [json.loads(line) for line in (tmp_path / "cache" / "base-run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in base_log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # phase 2 resumed at step 4
     assert (tmp_path / "cache" / "mac-gold-run" / "final" / "mac_manifest.json").is_file()
     batch_cfg = json.loads((tmp_path / "cache" / "mac-run" / "train_config.json").read_text())
     assert batch_cfg["init"].endswith("mac-gold-run/final") and batch_cfg["memory"] == "batch"
+    sweep = json.loads((tmp_path / "cache" / "mac-run" / "final" / "calibration.json").read_text())
+    assert [row["temperature"] for row in sweep["sweep"]] == [None, 0.02]  # calibrated last, on val
 
     packaged = default.package_default(paths, tmp_path / "assets")
     with safe_open(str(packaged.checkpoint / "mac_model.safetensors"), "pt") as f:
@@ -146,5 +149,37 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
     assert default.default_paths() == packaged  # the packaged copy comes first
     mac = default.load_default(device="cpu")  # float32 LM from float16 weights passes the identity check
     trained = default.load_default(device="cpu", paths=paths)
+    assert mac.config.aggregator.retrieval_temperature == sweep["chosen"]  # shipped with the checkpoint
     for (name, a), (_, b) in zip(sorted(mac.state_dict().items()), sorted(trained.state_dict().items())):
         assert torch.allclose(a.float(), b.float(), atol=1e-2, rtol=1e-2), name
+
+
+def test_fresh_documents_join_the_batches_without_changing_world_only_runs():
+    """fresh_fraction mixes never-repeated people written with other worlds' cities into each batch."""
+    import random
+
+    from mac_memory.data import WorldConfig, generate_world
+    from mac_memory.errors import ConfigError
+    from mac_memory.training.meta import FRESH_SEED, DocumentSampler
+
+    world = generate_world(WorldConfig(seed=0, n_entities=60))["train"]
+    plain = DocumentSampler(world, MetaTrainConfig(), random.Random(3), stream=0)
+    assert [d.doc_id for d in plain.sample(8)] == [d.doc_id for d in random.Random(3).sample(world, k=8)]
+
+    mixed = DocumentSampler(world, MetaTrainConfig(fresh_fraction=0.5, fresh_vocabularies=4), random.Random(3),
+                            stream=0)
+    batches = [mixed.sample(16) for _ in range(20)]
+    ids = [d.doc_id for batch in batches for d in batch]
+    fresh = [i for i in ids if "fresh" in i]
+    assert all(len(batch) == 16 for batch in batches)
+    assert 0.35 < len(fresh) / len(ids) < 0.65
+    assert len(set(fresh)) == len(fresh)  # never the same fresh person twice
+    assert {i.split("-")[1] for i in fresh} == {str(FRESH_SEED + j) for j in range(4)}
+    assert all(d.qas and all(a in d.context for qa in d.qas for a in qa.answers) for b in batches for d in b)
+
+    with pytest.raises(ConfigError, match="fresh_fraction"):
+        MetaTrainConfig(fresh_fraction=1.5)
+    with pytest.raises(ConfigError, match="synthetic world"):
+        MetaTrainConfig(fresh_fraction=0.5, train_file="mine.jsonl")
+    with pytest.raises(ConfigError, match="fresh_vocabularies"):
+        MetaTrainConfig(fresh_vocabularies=0)

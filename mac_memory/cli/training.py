@@ -79,6 +79,26 @@ def _eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_args(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation.calibrate import CalibrateConfig
+
+    add_dataclass_arguments(parser, CalibrateConfig)
+
+
+def _calibrate(ns: argparse.Namespace) -> int:
+    """Sweep the retrieval prior's temperature, write the checkpoint, print the sweep."""
+    from ..evaluation.calibrate import CalibrateConfig, calibrate
+
+    result = calibrate(dataclass_from_args(CalibrateConfig, ns))
+    print(f"mac (k={result['k']}) on {result['n_questions']} questions, {result['n_documents']} documents:")
+    print("| retrieval temperature | EM | F1 |\n|---|---|---|")
+    for row in result["sweep"]:
+        name = "no prior" if row["temperature"] is None else row["temperature"]
+        print(f"| {name} | {row['em']:.2f} | {row['f1']:.2f} |")
+    print(f"chosen: {result['chosen']} → {result['checkpoint']}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Any, Any]] = {
     "train-base": ("Prepare the frozen base LM: QA warm-up of an existing LM, or a small LM from scratch.",
                    *_config_command("mac_memory.training.base_lm", "BaseTrainConfig", "train_base",
@@ -90,4 +110,6 @@ COMMANDS: dict[str, tuple[str, Any, Any]] = {
                                "MAC checkpoint written to {}")),
     "eval": ("Online-adaptation evaluation: MAC vs no memory, RAG and online fine-tuning (EM/F1, retention, time).",
              _eval_args, _eval),
+    "calibrate": ("Choose the retrieval prior's temperature for a checkpoint on validation questions.",
+                  _calibrate_args, _calibrate),
 }

@@ -57,6 +57,10 @@ METHODS: tuple[str, ...] = ("no_memory", "mac_gold", "mac", "mac_full", "rag", "
 _MAC_METHODS = frozenset({"mac_gold", "mac", "mac_full"})
 _RETRIEVAL_METHODS = frozenset({"mac", "rag"})
 _RETENTION_METHODS = ("mac", "online_ft")
+FRESH_DOCS = 2000
+"""synthetic:fresh without limit_docs: enough for retention's 200 first documents × 10."""
+EVAL_STREAM = 0
+"""The stream of synthetic:fresh (``iter_documents(seed=world_seed, stream=0)``)."""
 _N_SAMPLES = 5  # questions whose per-method answers go into the report, for eyeballing
 
 
@@ -65,7 +69,9 @@ class EvalConfig:
     """Options of ``mac-memory eval``."""
 
     data: str = "synthetic:test"
-    """Document stream: a JSONL(.gz) file, or synthetic:<split> (the synthetic world of world_seed/world_entities)."""
+    """Document stream: a JSONL(.gz) file, or synthetic:<split> (the synthetic world of world_seed/world_entities),
+    or synthetic:fresh (limit_docs, default 2,000, new people written with that world's cities and companies,
+    from a stream no training command reads: a held-out stream of any length)."""
     checkpoint: str | None = None
     """MAC checkpoint directory; unset = the project's default checkpoint."""
     methods: tuple[str, ...] | None = METHODS
@@ -170,13 +176,16 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 def load_documents(config: EvalConfig) -> list[Document]:
     """The stream named by ``config.data`` (a JSONL file or ``synthetic:<split>``), cut to ``limit_docs``."""
-    from ..data import WorldConfig, generate_world, load_stream
+    from ..data import WorldConfig, generate_world, iter_documents, load_stream
 
     if config.data.startswith("synthetic:"):
         split = config.data.split(":", 1)[1] or "test"
+        if split == "fresh":  # base-LM and MAC training read other seeds' streams, never the world's own
+            return list(iter_documents(seed=config.world_seed, n=config.limit_docs or FRESH_DOCS,
+                                       stream=EVAL_STREAM))
         if split not in ("train", "val", "test"):
             raise ConfigError(
-                f"EvalConfig.data={config.data!r}: the synthetic split must be train, val or test."
+                f"EvalConfig.data={config.data!r}: the synthetic split must be train, val, test or fresh."
             )
         docs = generate_world(WorldConfig(seed=config.world_seed, n_entities=config.world_entities))[split]
         return docs[: config.limit_docs] if config.limit_docs else docs
@@ -370,15 +379,15 @@ class _Protocol:
             )
         return self._index
 
-    def retrieve(self, items: list[_Item], n_docs: int | None = None) -> np.ndarray:
-        """``(Q, k)`` top-k document ids per question among the first ``n_docs`` documents (-1 = none)."""
+    def retrieve(self, items: list[_Item], n_docs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(Q, k)`` top-k document ids per question among the first ``n_docs`` documents (-1 = none), and
+        their cosine similarities (``-inf`` for none)."""
         import numpy as np
 
         index = self.index
         queries = np.stack([self._query_vectors[it.qa.question] for it in items])
         allowed = None if n_docs is None else np.arange(n_docs)
-        ids, _ = index.top_k(queries, self.config.k, allowed_ids=allowed)
-        return ids
+        return index.top_k(queries, self.config.k, allowed_ids=allowed)
 
     @staticmethod
     def recall(items: list[_Item], ids: np.ndarray) -> float:
@@ -417,28 +426,31 @@ class _Protocol:
         import torch
 
         memory = self.memory
-        found = self.retrieve(items, n_docs)
+        found, similarity = self.retrieve(items, n_docs)
         if n_docs is None:
             self.record_recall(found)
         else:  # how retrieval alone holds up as the memory grows (retention's first suspect)
             self.retrieval.setdefault("retention_recall", {})[str(n_docs)] = self.recall(items, found)
         ids = torch.as_tensor(found, device=memory.device)  # (Q, k)
+        similarity = torch.as_tensor(similarity)  # (Q, k): the retrieval prior's input
 
         def answer(batch: list[_Item], offset: int) -> list[str]:
             cand = ids[offset : offset + len(batch)]  # (B, k)
             mask = cand >= 0
             mem = memory[cand.clamp_min(0)]  # (B, k, T, d_mem)
-            return self._mac_generate(batch, mem, mask)
+            return self._mac_generate(batch, mem, mask, similarity[offset : offset + len(batch)])
 
         return self._batched(items, self.config.batch_size, answer, desc)
 
-    def _mac_generate(self, batch: list[_Item], memory: torch.Tensor, mask: torch.Tensor | None) -> list[str]:
+    def _mac_generate(self, batch: list[_Item], memory: torch.Tensor, mask: torch.Tensor | None,
+                      similarity: torch.Tensor | None = None) -> list[str]:
         answers, _ = self.mac.generate(
             [it.qa.question for it in batch],
             memory,
             mask,
             max_new_tokens=self.config.max_new_tokens,
             window=self.config.window,
+            similarity=similarity,
         )
         return answers
 
@@ -502,7 +514,7 @@ class _Protocol:
             )
             return preds, retention
         if method == "rag":
-            ids = self.retrieve(items)
+            ids, _ = self.retrieve(items)
             self.record_recall(ids)
 
             def pick(batch: list[_Item], offset: int) -> list[list[int]]:

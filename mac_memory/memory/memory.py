@@ -1121,8 +1121,9 @@ class MACMemory:
             hits = [h for h, _ in found]
             arrays = self._decode([row for _, row in found])
             memory = torch.from_numpy(np.stack(arrays)).to(self.mac.device)  # (N, T, d_mem)
+            similarity = torch.tensor([[h.score for h in hits]], dtype=torch.float32)  # (1, N) cosine
             with torch.no_grad(), self._model_lock:
-                prefix, weights = self.mac.modulate([question], memory[None])  # weights (1, N)
+                prefix, weights = self.mac.modulate([question], memory[None], similarity=similarity)  # (1, N)
             return Recall(question, hits, memory, prefix, weights[0].detach().cpu())
 
     # ------------------------------------------------------------------ answering

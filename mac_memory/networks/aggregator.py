@@ -8,6 +8,11 @@ from the stored memory tokens, so the merged modulation lives in the same space 
 that starts at zero. The read-out's attention, summed over each document's tokens, is that document's
 share of the answer (provenance).
 
+A *retrieval prior* can join the read-out: when the candidates come from an embedding search, each
+candidate's read-out logits get ``prior`` (its similarity to the question over a calibrated temperature,
+see :meth:`~mac_memory.model.MACModel.retrieval_prior`), so the retriever's ranking and the network's own
+question-document match are combined rather than the network having to redo the retriever's work.
+
 Memories larger than ``window`` documents are merged hierarchically (:meth:`AggregationNetwork.aggregate`):
 windows of documents become new memory entries, window after window, until one remains, so peak memory
 is bounded by the window rather than by the number of candidates.
@@ -59,9 +64,12 @@ class AggregationNetwork(nn.Module):
         nn.init.zeros_(self.refine[1].weight)  # start as a pure mix of stored tokens
         nn.init.zeros_(self.refine[1].bias)
 
-    def forward(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None
-                ) -> Aggregated:
-        """Aggregate one window: all ``N`` candidates at once (use :meth:`aggregate` for any ``N``)."""
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
+                prior: torch.Tensor | None = None) -> Aggregated:
+        """Aggregate one window: all ``N`` candidates at once (use :meth:`aggregate` for any ``N``).
+
+        ``prior`` ``(B, N)``: log-prior added to every read-out logit of each candidate (None = none).
+        """
         B, N, Tm, d = memory.shape
         if doc_mask is None:
             doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
@@ -77,19 +85,24 @@ class AggregationNetwork(nn.Module):
         # Read-out: multi-head attention whose values are the stored memory tokens themselves.
         h, dh = self.num_heads, d // self.num_heads
         q = self.readout_q(self.readout_norm_q(x)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, T, dh)
+        if prior is not None and prior.shape != doc_mask.shape:
+            raise ValueError(f"The retrieval prior needs one value per candidate {tuple(doc_mask.shape)}, "
+                             f"got {tuple(prior.shape)}.")
         if self.readout == "slot":
-            mixed, weights = self._slot_readout(q, memory, doc_mask)
+            mixed, weights = self._slot_readout(q, memory, doc_mask, prior)
             return Aggregated(mixed + self.refine(x), weights)
         k = self.readout_k(self.readout_norm_k(flat)).view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
         v = flat.view(B, -1, h, dh).transpose(1, 2)  # (B, h, N*T_m, dh)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)  # (B, h, T, N*T_m)
+        if prior is not None:  # a document's log-prior on each of its tokens: its total share scales alike
+            scores = scores + prior.to(scores.dtype).repeat_interleave(Tm, dim=1)[:, None, None, :]
         attn = scores.masked_fill(~token_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
         mixed = (attn @ v).transpose(1, 2).reshape(B, -1, d)  # (B, T, d)
         weights = attn.mean(dim=(1, 2)).view(B, N, Tm).sum(dim=-1)  # (B, N), rows sum to 1
         return Aggregated(mixed + self.refine(x), weights)
 
-    def _slot_readout(self, q: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _slot_readout(self, q: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor,
+                      prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Merged token ``t`` = per-head weighted average of token ``t`` over the candidates.
 
         ``q`` ``(B, h, T, dh)``, ``memory`` ``(B, N, T, d)``, ``doc_mask`` ``(B, N)`` → merged ``(B, T, d)``
@@ -102,18 +115,21 @@ class AggregationNetwork(nn.Module):
         k = self.readout_k(self.readout_norm_k(memory)).view(B, N, T, h, dh)
         v = memory.view(B, N, T, h, dh)
         scores = torch.einsum("bhtc,bnthc->bhtn", q, k) / math.sqrt(dh)  # (B, h, T, N)
+        if prior is not None:
+            scores = scores + prior.to(scores.dtype)[:, None, None, :]
         attn = scores.masked_fill(~doc_mask[:, None, None, :], float("-inf")).softmax(dim=-1)
         mixed = torch.einsum("bhtn,bnthc->bthc", attn, v).reshape(B, T, d)  # (B, T, d)
         return mixed, attn.mean(dim=(1, 2))  # (B, N)
 
     def aggregate(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                  window: int | None = None) -> Aggregated:
+                  window: int | None = None, prior: torch.Tensor | None = None) -> Aggregated:
         """Aggregate any number of candidates: one window directly, more hierarchically.
 
         Consecutive windows of ``window`` entries are merged into one entry each, and those entries again,
         depth first (a stack per level), so that at most ``window`` entries per level are alive at once:
         peak memory grows with the window and the tree's depth, not with ``N``. Weights are propagated
         down the tree: a document's weight is its share within its window times that window's share above.
+        A merged entry's prior is the log-sum-exp of its documents' priors (their prior mass together).
         """
         window = window or self.window
         B, N = memory.shape[:2]
@@ -123,19 +139,24 @@ class AggregationNetwork(nn.Module):
         if not bool(doc_mask.any(dim=1).all()):
             raise ValueError("Every question needs at least one candidate document to aggregate.")
         if N <= window:
-            return self(queries, memory, doc_mask)
+            return self(queries, memory, doc_mask, prior)
 
-        # Each stack entry: (tokens (B, T, d), valid (B,), weights (B, n_span) of the documents it covers).
-        levels: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[]]
+        def mass(p: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor | None:
+            return None if p is None else p.masked_fill(~valid, float("-inf")).logsumexp(dim=1)
 
-        def merge(entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+        # Each stack entry: (tokens (B, T, d), valid (B,), weights (B, n_span) of the documents it covers,
+        # log-prior (B,) or None).
+        levels: list[list[tuple]] = [[]]
+
+        def merge(entries: list[tuple]):
             tokens = torch.stack([e[0] for e in entries], dim=1)  # (B, w, T, d)
             valid = torch.stack([e[1] for e in entries], dim=1)  # (B, w)
-            out = self._safe_window(queries, tokens, valid)
+            p = None if prior is None else torch.stack([e[3] for e in entries], dim=1)  # (B, w)
+            out = self._safe_window(queries, tokens, valid, p)
             # Each entry's weights cover only its own contiguous span of documents, so nothing is O(N)
             # per entry: concatenating the spans (scaled by the entry's share) covers the merged span.
             doc_w = torch.cat([out.weights[:, i, None] * e[2] for i, e in enumerate(entries)], dim=1)
-            return out.tokens, valid.any(dim=1), doc_w
+            return out.tokens, valid.any(dim=1), doc_w, mass(p, valid)
 
         def push(level: int, entry) -> None:
             if level == len(levels):
@@ -149,8 +170,9 @@ class AggregationNetwork(nn.Module):
         for start in range(0, N, window):
             stop = min(start + window, N)
             valid = doc_mask[:, start:stop]
-            out = self._safe_window(queries, memory[:, start:stop], valid)
-            push(1, (out.tokens, valid.any(dim=1), out.weights))
+            p = None if prior is None else prior[:, start:stop]
+            out = self._safe_window(queries, memory[:, start:stop], valid, p)
+            push(1, (out.tokens, valid.any(dim=1), out.weights, mass(p, valid)))
 
         # Flush the partial windows left on each level, bottom-up, into a single root entry.
         root = None
@@ -161,10 +183,13 @@ class AggregationNetwork(nn.Module):
         assert root is not None
         return Aggregated(root[0], root[2])
 
-    def _safe_window(self, queries: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor) -> Aggregated:
+    def _safe_window(self, queries: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor,
+                     prior: torch.Tensor | None = None) -> Aggregated:
         """One window where some rows may have no valid entry: those rows get zero weight everywhere."""
         empty = ~valid.any(dim=1)
+        if prior is not None:  # an all-invalid row's -inf masses would make NaNs; its output is discarded
+            prior = prior.masked_fill(~valid, 0.0)
         if not bool(empty.any()):
-            return self(queries, memory, valid)
-        out = self(queries, memory, valid | empty[:, None])
+            return self(queries, memory, valid, prior)
+        out = self(queries, memory, valid | empty[:, None], prior)
         return Aggregated(out.tokens, out.weights.masked_fill(empty[:, None], 0.0))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..evaluation.calibrate import CalibrateConfig, calibrate
 from .base_lm import BaseTrainConfig, train_base
 from .meta import MetaTrainConfig, train_mac
 
@@ -59,6 +60,8 @@ class DefaultRecipe:
     mac: MetaTrainConfig | None = field(default_factory=lambda: BATCH_RUNG)
     """Then the paper's objective: the batch's documents are the memory (starts from ``mac_gold``; None =
     ship the gold rung)."""
+    calibration: CalibrateConfig | None = field(default_factory=CalibrateConfig)
+    """Last, the retrieval prior's temperature, chosen on the world's validation split (None = no prior)."""
 
 
 BATCH_RUNG = MetaTrainConfig(
@@ -126,6 +129,9 @@ def train_default(recipe: DefaultRecipe, root: Path) -> DefaultPaths:
                                       resume=True, init=str(final) if final is not None else None))
         if final is None:
             raise CheckpointError("The default recipe has no MAC rung to train (mac_gold and mac are both None).")
+        if recipe.calibration is not None:
+            logger.info("Calibrating the retrieval prior of %s", final)
+            calibrate(replace(recipe.calibration, checkpoint=str(final), out=None))
         shutil.copytree(final, paths.checkpoint, dirs_exist_ok=True)
     return paths
 
