@@ -261,3 +261,40 @@ def test_a_hit_deleted_during_the_query_is_dropped_not_refused(tiny_path):
         collection.query = real  # type: ignore[method-assign]
     assert len(recall.hits) == 1
     assert memory.count() == 1 and recall.hits[0].id in {"a", "b"}
+
+
+def test_matches_deleted_between_counting_and_fetching_them_are_not_an_error(tiny_path):
+    """When Chroma returns fewer hits than asked, the memory counts the namespace's records and ranks them
+    exactly. If another process deletes them between that count and the fetch, the answer goes on with
+    what the search returned (it raised "need at least one array to stack" once in the 8-thread mixed
+    load). The race is replayed by deleting every record right before the fetch."""
+    import chromadb
+
+    from mac_memory.memory import MACMemory
+
+    client = chromadb.EphemeralClient(settings=settings())
+    memory = MACMemory(
+        client=client, collection=f"v_{uuid.uuid4().hex[:10]}", model=tiny_mac(str(tiny_path("llama"))),
+        **memory_kwargs(),
+    )
+    memory.add_texts(["The lighthouse keeper is Ada.", "The ferry leaves at noon."], ids=["a", "b"])
+    store, collection = memory.store, memory.store.collection
+    real_query, real_get = collection.query, store.get
+
+    def short(*args: Any, **kwargs: Any) -> Any:  # Chroma's approximate search misses one of two records
+        res = real_query(*args, **kwargs)
+        for key in ("ids", "metadatas", "documents", "distances", "embeddings"):
+            if res.get(key) is not None:
+                res[key] = [res[key][0][:1]]
+        return res
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        collection.delete(ids=collection.get()["ids"])  # "the other process" empties the namespace
+        return real_get(*args, **kwargs)
+
+    collection.query, store.get = short, racing  # type: ignore[method-assign]
+    try:
+        recall = memory.recall("Who keeps the lighthouse?", k=2)
+    finally:
+        collection.query, store.get = real_query, real_get  # type: ignore[method-assign]
+    assert len(recall.hits) <= 1 and memory.count() == 0

@@ -1008,6 +1008,8 @@ class MACMemory:
             "Chroma returned %d of %d matching records; ranking them exactly", len(rows), len(matching)
         )
         fetched = self.store.get(matching, include=[i for i in include if i != "distances"] + ["embeddings"])
+        if len(fetched) <= len(rows):  # the extra matches were deleted between counting and fetching them
+            return rows
         cids = list(fetched)
         emb = np.stack([fetched[c]["embedding"] for c in cids])  # (m, dim)
         q = np.asarray(vector, dtype=np.float32)
