@@ -114,18 +114,21 @@ class MACModel(nn.Module):
         return prior.masked_fill(~keep, 0.0)
 
     def aggregate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                  window: int | None = None, similarity: torch.Tensor | None = None) -> Aggregated:
+                  window: int | None = None, similarity: torch.Tensor | None = None, *, with_weights: bool = True
+                  ) -> Aggregated:
         """Merge ``memory`` ``(B, N, T, d_mem)`` (or ``(N, T, d_mem)``, shared by all questions) per question.
 
         ``similarity`` ``(B, N)``: each candidate's retrieval similarity to its question (cosine), turned
         into a read-out prior by :meth:`retrieval_prior`; leave it None when there was no search.
+        ``with_weights=False`` skips the per-document weights (the only part that grows with ``N``).
         """
         queries = self.encode_questions(questions)
         memory = _per_question(memory, queries.shape[0])
         if similarity is not None and similarity.shape != memory.shape[:2]:
             raise ValueError(f"similarity must be (B, N) = {tuple(memory.shape[:2])}; got {tuple(similarity.shape)}.")
         prior = self.retrieval_prior(similarity, doc_mask)
-        return self.aggregator.aggregate(queries, memory, doc_mask, window=window, prior=prior)
+        return self.aggregator.aggregate(queries, memory, doc_mask, window=window, prior=prior,
+                                         with_weights=with_weights)
 
     def modulate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
                  window: int | None = None, similarity: torch.Tensor | None = None) -> tuple[PrefixKV, torch.Tensor]:

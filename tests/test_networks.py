@@ -316,3 +316,25 @@ def test_hierarchical_peak_memory_is_bounded_by_the_window(peak_setup):
     assert peak4096 <= 1.5 * peak16 + allowance, (
         f"peak(4096)={peak4096} B vs peak(16)={peak16} B (bound {1.5 * peak16 + allowance:.0f} B)"
     )
+
+
+def test_without_weights_the_peak_grows_only_with_the_trees_depth(peak_setup):
+    """with_weights=False: the same merged tokens, no per-document weights, and from 256 to 4096 candidates
+    (16x, one more level of the 16-ary tree) the peak grows by at most that level's pending entries
+    (up to a window of (B, T, d_mem) float32 entries, plus their stacked copy while they merge) — not by
+    anything proportional to N (with weights it grows by 2 x B x N x 4 bytes)."""
+    agg, queries, memory, doc_mask, peak16 = peak_setup
+    with torch.no_grad():
+        full = agg.aggregate(queries, memory, doc_mask, window=16)
+        light = agg.aggregate(queries, memory, doc_mask, window=16, with_weights=False)
+    assert light.weights is None and torch.allclose(full.tokens, light.tokens, atol=1e-6)
+    small_q, small_m = _inputs(2, 256, seed=13)
+    with torch.no_grad(), PeakTensorMemory() as mem256:
+        agg.aggregate(small_q, small_m, torch.ones(2, 256, dtype=torch.bool), window=16, with_weights=False)
+    with torch.no_grad(), PeakTensorMemory() as mem4096:
+        agg.aggregate(queries, memory, doc_mask, window=16, with_weights=False)
+    level = 2 * 16 * queries.shape[0] * T * D_MEM * 4
+    assert mem4096.peak <= mem256.peak + level, (mem4096.peak, mem256.peak, level)
+    with torch.no_grad(), PeakTensorMemory() as weighted:
+        agg.aggregate(queries, memory, doc_mask, window=16)
+    assert weighted.peak > mem4096.peak + queries.shape[0] * 4096 * 2  # the control: (B, N) float32 weights

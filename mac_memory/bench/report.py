@@ -107,7 +107,7 @@ def figures_table(report: dict[str, Any]) -> str:
                            f"{_fmt(r['text_bytes_per_doc'])} | {_fmt(r['kv_cache_bytes_per_doc'])} |")
     out.append("")
     out.append("| model | records | query p50 / p95 ms | recall p50 ms | Chroma p50 ms filtered / not | "
-               "add_texts docs/s | full aggregation s | aggregation peak MiB | disk B/record |")
+               "add_texts docs/s | full aggregation s | aggregation peak MiB (with weights) | disk B/record |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, data in report["models"].items():
         for r in ((data.get("scale") or {}).get("sizes") or {}).values():
@@ -116,7 +116,8 @@ def figures_table(report: dict[str, Any]) -> str:
                        f"{r['query_s']['p95'] * 1000:.1f} | {r['recall_s']['median'] * 1000:.1f} | "
                        f"{chroma['filtered_s']['median'] * 1000:.1f} / {chroma['unfiltered_s']['median'] * 1000:.1f} | "
                        f"{_fmt(r['probe_ingest']['docs_per_second'])} | {_fmt(agg['seconds'])} | "
-                       f"{_mb(agg['peak_bytes'])} | {_fmt(r['chroma_disk_bytes_per_record'])} |")
+                       f"{_mb(agg['peak_bytes'])} ({_mb(agg.get('peak_bytes_with_weights'))}) | "
+                       f"{_fmt(r['chroma_disk_bytes_per_record'])} |")
     out.append("")
     out.append("| model | backprop dropout | step s median [IQR] | peak RSS MiB | peak tensors MiB |")
     out.append("|---|---:|---:|---:|---:|")

@@ -87,22 +87,27 @@ def _ask(ctx: BenchContext, memory: Any, question: str) -> tuple[float, float]:
 
 
 def _full_aggregation(ctx: BenchContext, size: int, scale: float, question: str) -> dict[str, Any]:
-    """Seconds and peak memory of aggregating all ``size`` modulations for one question."""
+    """Seconds and peak memory of aggregating all ``size`` modulations for one question.
+
+    ``peak_bytes``: the aggregation itself (``with_weights=False``, as ``mac_full`` runs it when no
+    provenance is asked for); ``peak_bytes_with_weights``: plus the O(N) per-document weights.
+    """
     mac = ctx.mac
     generator = torch.Generator().manual_seed(ctx.cfg.seed + size)
     memory = (torch.randn(size, mac.num_tokens, mac.d_mem, generator=generator) * scale).to(ctx.device)
     input_bytes = memory.numel() * memory.element_size()
 
-    def aggregate() -> Any:
-        with torch.no_grad():
-            return mac.aggregate([question], memory)  # (N, T, d) shared → hierarchical beyond the window
+    def aggregate(with_weights: bool = True) -> Any:
+        with torch.no_grad():  # (N, T, d) shared → hierarchical beyond the window
+            return mac.aggregate([question], memory, with_weights=with_weights)
 
     rss = PeakRSS(ctx.device).start()
     seconds, merged = timed(aggregate, ctx.device)
     out: dict[str, Any] = {"seconds": seconds, "input_bytes": input_bytes, **rss.stop()}
     out["weights_sum"] = float(merged.weights.sum())
     del merged
-    out["peak_bytes"], out["peak_method"] = tensor_peak(aggregate, ctx.device)
+    out["peak_bytes"], out["peak_method"] = tensor_peak(lambda: aggregate(with_weights=False), ctx.device)
+    out["peak_bytes_with_weights"], _ = tensor_peak(aggregate, ctx.device)
     return out
 
 

@@ -37,11 +37,12 @@ class Aggregated:
     Attributes:
         tokens: ``(B, T, d_mem)`` merged memory tokens.
         weights: ``(B, N)`` each candidate document's share of the read-out attention (rows sum to 1
-            over real candidates; padding candidates get 0).
+            over real candidates; padding candidates get 0); None when aggregation was asked to skip
+            them (``with_weights=False``).
     """
 
     tokens: torch.Tensor
-    weights: torch.Tensor
+    weights: torch.Tensor | None
 
 
 class AggregationNetwork(nn.Module):
@@ -122,7 +123,8 @@ class AggregationNetwork(nn.Module):
         return mixed, attn.mean(dim=(1, 2))  # (B, N)
 
     def aggregate(self, queries: torch.Tensor, memory: torch.Tensor, doc_mask: torch.Tensor | None = None,
-                  window: int | None = None, prior: torch.Tensor | None = None) -> Aggregated:
+                  window: int | None = None, prior: torch.Tensor | None = None, with_weights: bool = True
+                  ) -> Aggregated:
         """Aggregate any number of candidates: one window directly, more hierarchically.
 
         Consecutive windows of ``window`` entries are merged into one entry each, and those entries again,
@@ -130,6 +132,10 @@ class AggregationNetwork(nn.Module):
         peak memory grows with the window and the tree's depth, not with ``N``. Weights are propagated
         down the tree: a document's weight is its share within its window times that window's share above.
         A merged entry's prior is the log-sum-exp of its documents' priors (their prior mass together).
+
+        The per-document weights are the one O(N) part (4 bytes per document and question): with
+        ``with_weights=False`` they are not kept (``weights`` is None) and peak memory beyond the input
+        no longer grows with ``N`` (``mac_full``-style aggregation over a whole memory, no provenance).
         """
         window = window or self.window
         B, N = memory.shape[:2]
@@ -139,7 +145,8 @@ class AggregationNetwork(nn.Module):
         if not bool(doc_mask.any(dim=1).all()):
             raise ValueError("Every question needs at least one candidate document to aggregate.")
         if N <= window:
-            return self(queries, memory, doc_mask, prior)
+            out = self(queries, memory, doc_mask, prior)
+            return out if with_weights else Aggregated(out.tokens, None)
 
         def mass(p: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor | None:
             return None if p is None else p.masked_fill(~valid, float("-inf")).logsumexp(dim=1)
@@ -155,7 +162,9 @@ class AggregationNetwork(nn.Module):
             out = self._safe_window(queries, tokens, valid, p)
             # Each entry's weights cover only its own contiguous span of documents, so nothing is O(N)
             # per entry: concatenating the spans (scaled by the entry's share) covers the merged span.
-            doc_w = torch.cat([out.weights[:, i, None] * e[2] for i, e in enumerate(entries)], dim=1)
+            doc_w = None
+            if with_weights:
+                doc_w = torch.cat([out.weights[:, i, None] * e[2] for i, e in enumerate(entries)], dim=1)
             return out.tokens, valid.any(dim=1), doc_w, mass(p, valid)
 
         def push(level: int, entry) -> None:
@@ -172,7 +181,7 @@ class AggregationNetwork(nn.Module):
             valid = doc_mask[:, start:stop]
             p = None if prior is None else prior[:, start:stop]
             out = self._safe_window(queries, memory[:, start:stop], valid, p)
-            push(1, (out.tokens, valid.any(dim=1), out.weights, mass(p, valid)))
+            push(1, (out.tokens, valid.any(dim=1), out.weights if with_weights else None, mass(p, valid)))
 
         # Flush the partial windows left on each level, bottom-up, into a single root entry.
         root = None

@@ -5,7 +5,7 @@ demo`` use a model this project trains itself. :func:`default_paths` finds it, i
 
 1. ``$MAC_MEMORY_CHECKPOINT`` (a MAC checkpoint dir; its recorded base LM is loaded);
 2. the copy shipped inside the package (``mac_memory/assets/default/{base_lm,mac}``), when present;
-3. the user cache (``$MAC_MEMORY_HOME`` or ``~/.cache/mac-memory``)/``default-v3/{base_lm,mac}``;
+3. the user cache (``$MAC_MEMORY_HOME`` or ``~/.cache/mac-memory``)/``default-v4/{base_lm,mac}``;
 4. otherwise, with ``train=True``, it is trained once with :data:`RECIPE` (progress bars; an interrupted
    run resumes where it stopped) and cached; without, a clear error says how to get it.
 
@@ -27,7 +27,7 @@ from .meta import MetaTrainConfig, train_mac
 
 logger = logging.getLogger(__name__)
 
-VERSION = "default-v3"  # v3: base LM resumed to 6,000 steps, slot read-out, 3,000 gold-memory MAC steps
+VERSION = "default-v4"  # v4: v3 + the retrieval prior's temperature, calibrated on validation (0.02)
 PACKAGED = Path(__file__).resolve().parent.parent / "assets" / "default"
 
 
