@@ -62,8 +62,9 @@ class MetaTrainConfig:
     """Share of each batch's documents that are fresh synthetic people written with *other* worlds'
     invented cities and companies (``fresh_vocabularies`` of them), never repeated. Trained on the world
     alone, the networks learn its fixed vocabulary: on the embedded default, gold-memory F1 fell from
-    55.8 on held-out people of the training world to 27.5 on a world with other cities (docs/results.md).
-    Synthetic world only (no ``train_file``)."""
+    55.8 on held-out people of the training world to 27.5 on a world with other cities. A share of 0.5
+    did not fix that within 3,000 steps on that small base LM (27.2 and 10.2 F1; it reads other worlds'
+    names poorly itself): docs/results.md. Synthetic world only (no ``train_file``)."""
     fresh_vocabularies: int = 16
     """How many other worlds' vocabularies the fresh documents use (world seeds 1,000,000 + j)."""
     kind: str = "kv_anchored"
