@@ -323,7 +323,7 @@ def test_without_weights_the_peak_grows_only_with_the_trees_depth(peak_setup):
     (16x, one more level of the 16-ary tree) the peak grows by at most that level's pending entries
     (up to a window of (B, T, d_mem) float32 entries, plus their stacked copy while they merge) — not by
     anything proportional to N (with weights it grows by 2 x B x N x 4 bytes)."""
-    agg, queries, memory, doc_mask, peak16 = peak_setup
+    agg, queries, memory, doc_mask, _ = peak_setup
     with torch.no_grad():
         full = agg.aggregate(queries, memory, doc_mask, window=16)
         light = agg.aggregate(queries, memory, doc_mask, window=16, with_weights=False)
