@@ -183,3 +183,22 @@ def test_fresh_documents_join_the_batches_without_changing_world_only_runs():
         MetaTrainConfig(fresh_fraction=0.5, train_file="mine.jsonl")
     with pytest.raises(ConfigError, match="fresh_vocabularies"):
         MetaTrainConfig(fresh_vocabularies=0)
+
+
+def test_own_training_file_reads_its_own_documents(tmp_path):
+    """With --train-file, reading examples are that stream's documents + questions, not synthetic people."""
+    from mac_memory.data import Document, write_stream
+    from mac_memory.data.stream import QA
+    from mac_memory.errors import DataFormatError
+    from mac_memory.training.base_lm import example_stream
+
+    docs = [Document(f"d{i}", f"The tower of Lumen number {i} is {i * 7} metres tall.",
+                     (QA(f"q{i}", f"How tall is the tower of Lumen number {i}?", (f"{i * 7} metres",)),))
+            for i in range(5)]
+    write_stream(tmp_path / "mine.jsonl", docs)
+    cfg = BaseTrainConfig(train_file=str(tmp_path / "mine.jsonl"), reading_fraction=1.0, qa_fraction=0.0)
+    stream = example_stream(cfg, docs, fresh_seed=0)
+    for text, answers in (next(stream) for _ in range(20)):
+        assert "tower of Lumen" in text and answers and answers[0].endswith("metres")
+    with pytest.raises(DataFormatError, match="nothing to read"):
+        next(example_stream(cfg, [Document("e", "No questions here.", ())], fresh_seed=0))

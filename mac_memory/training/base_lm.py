@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.stream import Document, load_stream
+from ..errors import DataFormatError
 from ..data.synthetic import WorldConfig, generate_world, iter_documents
 from ..prompts import format_qa, format_with_documents
 from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
@@ -48,7 +49,12 @@ class BaseTrainConfig:
     from_pretrained: str | None = None
     """Hub name or local path of an existing causal LM to QA-warm-up; unset = train from scratch."""
     train_file: str | None = None
-    """Document-stream JSONL with training documents + QA (default: the synthetic world's train split)."""
+    """Document-stream JSONL with training documents + QA (default: the synthetic world's train split).
+    With a file, reading examples are its own documents + questions (fresh synthetic people would be
+    another language than yours)."""
+    val_file: str | None = None
+    """Document-stream JSONL whose first 48 documents make the reading check (default: the synthetic
+    world's val split)."""
     world_seed: int = 0
     """Seed of the synthetic world (train split = the world's train entities)."""
     world_entities: int = 4000
@@ -143,12 +149,16 @@ def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int,
     reading documents keep.
     """
     rng = random.Random(cfg.seed)
-    fresh = iter_documents(seed=fresh_seed)
+    fresh = iter_documents(seed=fresh_seed) if cfg.train_file is None else None
+    readable = [d for d in world if d.qas]
+    if fresh is None and not readable:
+        raise DataFormatError(f"{cfg.train_file}: no document has questions, so there is nothing to read.")
     qa_pairs = [(qa.question, qa.answers[0]) for d in world for qa in d.qas]
     while True:
         r = rng.random()
         if r < cfg.reading_fraction:
-            yield _reading_text(next(fresh), rng, cfg.reading_questions, min(1.0, progress()))
+            doc = next(fresh) if fresh is not None else rng.choice(readable)
+            yield _reading_text(doc, rng, cfg.reading_questions, min(1.0, progress()))
         elif r < cfg.reading_fraction + cfg.qa_fraction:
             q, a = rng.choice(qa_pairs)
             yield format_qa(q, a), [a]
@@ -247,7 +257,10 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     world = _training_world(cfg)
-    val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"][:48]
+    if cfg.val_file:
+        val_world = [d for d in load_stream(cfg.val_file) if d.qas][:48]
+    else:
+        val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"][:48]
     start_step = 0
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if resume_from is not None:
