@@ -117,7 +117,7 @@ def test_bad_training_options_are_refused():
 
 
 def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads(tmp_path, monkeypatch):
-    """train-default's two MAC rungs (gold, then batch from it) and the float16 copy shipped in the package."""
+    """train-default's base phases, MAC rungs (gold, gold again, then batch) and the float16 copy shipped in the package."""
     from dataclasses import replace
 
     from safetensors import safe_open
@@ -128,14 +128,19 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
                            num_kv_heads=1, steps=4, batch_size=4, eval_every=4, warmup=1, max_length=128)
     rung = _meta_cfg("unused", "unused", steps=3, eval_every=3, batch_size=4)
     calibration = default.CalibrateConfig(world_entities=30, k=2, temperatures=(0.02,), max_questions=6, threads=1)
-    recipe = default.DefaultRecipe(base=base, base_continue=replace(base, steps=6, lr=5e-4),
-                                   mac_gold=replace(rung, memory="gold"), mac=rung, calibration=calibration)
+    gold = replace(rung, memory="gold")
+    recipe = default.DefaultRecipe(base=base, base_continue=(replace(base, steps=6, lr=5e-4),
+                                                             replace(base, steps=7, lr=2e-4)),
+                                   mac_gold=gold, mac_gold_continue=replace(gold, steps=2, seed=1), mac=rung,
+                                   calibration=calibration)
     paths = default.train_default(recipe, tmp_path / "cache")
     base_log = [json.loads(line) for line in (tmp_path / "cache" / "base-run" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in base_log if "loss" in r] == [1, 2, 3, 4, 5, 6]  # phase 2 resumed at step 4
+    assert [r["step"] for r in base_log if "loss" in r] == [1, 2, 3, 4, 5, 6, 7]  # phases 2, 3 resumed
     assert (tmp_path / "cache" / "mac-gold-run" / "final" / "mac_manifest.json").is_file()
+    gold2_cfg = json.loads((tmp_path / "cache" / "mac-gold2-run" / "train_config.json").read_text())
+    assert gold2_cfg["init"].endswith("mac-gold-run/final") and gold2_cfg["seed"] == 1
     batch_cfg = json.loads((tmp_path / "cache" / "mac-run" / "train_config.json").read_text())
-    assert batch_cfg["init"].endswith("mac-gold-run/final") and batch_cfg["memory"] == "batch"
+    assert batch_cfg["init"].endswith("mac-gold2-run/final") and batch_cfg["memory"] == "batch"
     sweep = json.loads((tmp_path / "cache" / "mac-run" / "final" / "calibration.json").read_text())
     assert [row["temperature"] for row in sweep["sweep"]] == [None, 0.02]  # calibrated last, on val
 

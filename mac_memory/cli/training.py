@@ -29,7 +29,7 @@ def _train_default_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="directory to train into (default: the user cache)")
     parser.add_argument("--base-steps", type=int, default=None, help="train the base LM for N steps in one phase (instead of the recipe's two)")
     parser.add_argument("--gold-steps", type=int, default=None,
-                        help="override the recipe's gold-memory MAC steps (0 = skip that rung)")
+                        help="train the gold-memory MAC rung for N steps in one phase (0 = skip that rung)")
     parser.add_argument("--mac-steps", type=int, default=None, help="add (or resize) the batch-memory MAC rung after the gold one: N steps")
     parser.add_argument("--package", action="store_true",
                         help="then store it in float16 inside the package (mac_memory/assets/default), "
@@ -43,10 +43,10 @@ def _train_default(ns: argparse.Namespace) -> int:
 
     recipe = RECIPE
     if ns.base_steps:
-        recipe = replace(recipe, base=replace(recipe.base, steps=ns.base_steps), base_continue=None)
+        recipe = replace(recipe, base=replace(recipe.base, steps=ns.base_steps), base_continue=())
     if ns.gold_steps is not None:
         gold = replace(recipe.mac_gold, steps=ns.gold_steps) if ns.gold_steps and recipe.mac_gold else None
-        recipe = replace(recipe, mac_gold=gold)
+        recipe = replace(recipe, mac_gold=gold, mac_gold_continue=None)
     if ns.mac_steps:
         from ..training.default import BATCH_RUNG
 
