@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.stream import Document, load_stream
-from ..errors import DataFormatError
 from ..data.synthetic import WorldConfig, generate_world, iter_documents
+from ..errors import DataFormatError
 from ..prompts import format_qa, format_with_documents
 from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
 
