@@ -89,6 +89,7 @@ def calibrate(config: CalibrateConfig, mac: MACModel | None = None, documents: l
     """
     import torch
 
+    from .metrics import score_predictions
     from .protocol import EvalConfig, _Protocol, load_documents, load_mac
     from .retrieval import default_embedder
 
@@ -110,11 +111,12 @@ def calibrate(config: CalibrateConfig, mac: MACModel | None = None, documents: l
     sweep: list[dict[str, Any]] = []
     try:
         protocol = _Protocol(eval_config, mac, documents, embedder)
+        references = [it.qa.answers for it in protocol.items]
         # Softest first, so that ties (max keeps the first) go to the gentler prior.
         for temperature in (None, *sorted(set(config.temperatures), reverse=True)):
             aggregator.retrieval_temperature = temperature
             preds, _ = protocol.run_method("mac")
-            scores = protocol._score(preds, protocol.items)
+            scores = score_predictions(preds, references)
             sweep.append({"temperature": temperature, "em": scores.em, "f1": scores.f1})
             logger.info("retrieval temperature %s: %s", temperature, scores)
     except BaseException:

@@ -135,7 +135,8 @@ class AggregationNetwork(nn.Module):
 
         The per-document weights are the one O(N) part (4 bytes per document and question): with
         ``with_weights=False`` they are not kept (``weights`` is None) and peak memory beyond the input
-        no longer grows with ``N`` (``mac_full``-style aggregation over a whole memory, no provenance).
+        grows only with the tree's depth (up to a window of pending entries per level), not with ``N``
+        (``mac_full``-style aggregation over a whole memory, no provenance).
         """
         window = window or self.window
         B, N = memory.shape[:2]
