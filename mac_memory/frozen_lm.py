@@ -217,7 +217,21 @@ class FrozenLM:
                     prefix: PrefixKV | None = None) -> torch.Tensor:
         """Mean answer-token NLL of ``answers`` given ``questions`` under ``prefix`` (MAC's training loss)."""
         input_ids, attention_mask, labels = self.qa_batch(questions, answers)
-        return self.forward(input_ids, attention_mask, prefix=prefix, labels=labels).loss
+        if not self._read_kwargs:  # the model cannot skip logits: let it compute the loss over all of them
+            return self.forward(input_ids, attention_mask, prefix=prefix, labels=labels).loss
+        # Left padding puts every answer at the end of its row, so only the last ``span`` positions predict
+        # answer tokens: project those onto the vocabulary and skip the rest (on a 32k-50k vocabulary the
+        # question's logits were most of a training step's activation memory). Same value as the model's
+        # own loss: the mean NLL over answer tokens, in float32.
+        labelled = (labels != -100).any(dim=0).nonzero()
+        if labelled.numel() == 0:
+            raise ValueError("answer_loss: no answer tokens to score (every answer was cut off).")
+        span = input_ids.shape[1] - int(labelled[0])
+        logits = self.forward(input_ids, attention_mask, prefix=prefix, logits_to_keep=span + 1).logits
+        targets = labels[:, -span:]
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

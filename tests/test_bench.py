@@ -155,6 +155,31 @@ def test_training_compares_backprop_dropout_on_the_same_batch(bench):
     for r in training.values():
         assert r["batch"] == TINY["train_batch"] and len(r["step_s"]["raw"]) == TINY["train_reps"]
         assert _positive(r["peak_tensor_bytes"]) and _positive(r["trainable_parameters"])
+        # Long documents (the paper trains on news articles); the KV-anchored reader is the frozen LM.
+        assert r["doc_tokens"] >= max(TINY["doc_tokens"]) and r["amortizer_backbone_trained"] is False
+
+
+def test_training_trains_the_encoder_amortizers_backbone_and_leaves_it_frozen_afterwards(tmp_path):
+    """The paper's setting (its T5 amortizer is trained): the frozen MiniLM is trained during the
+    measurement, and the model the later measurements see is unchanged — frozen, same weights."""
+    from mac_memory.bench import training
+    from mac_memory.bench.models import BenchContext
+
+    cfg = BenchConfig(**{**TINY, "amortizer": "encoder", "train_reps": 1, "track_tensors": False}).resolve()
+    ctx = BenchContext(cfg, "tiny", tmp_path)
+    backbone = ctx.mac.amortizer.backbone
+    before = {k: v.clone() for k, v in ctx.mac.state_dict().items()}
+    assert not any(p.requires_grad for p in backbone.parameters())
+    with_grad = training.run(ctx, "bpd_0")
+    assert with_grad["amortizer_backbone_trained"] is True
+    assert with_grad["trainable_parameters"] > sum(p.numel() for p in backbone.parameters())
+    assert not any(p.requires_grad for p in backbone.parameters())
+    after = ctx.mac.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    frozen = training.run(BenchContext(BenchConfig(**{**cfg.to_dict(), "train_backbone": False}), "tiny",
+                                       tmp_path / "frozen"), "bpd_0")
+    assert frozen["amortizer_backbone_trained"] is False
+    assert frozen["trainable_parameters"] < with_grad["trainable_parameters"]
 
 
 def test_profiles_record_top_entries(bench):

@@ -219,3 +219,32 @@ def test_prefix_gradients_reach_prefix_not_lm(lms):
     assert keys.grad is not None and float(keys.grad.norm()) > 0
     assert values.grad is not None and float(values.grad.norm()) > 0
     assert all(p.grad is None and not p.requires_grad for p in lm.model.parameters())
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_answer_loss_equals_the_models_own_loss_over_all_logits(lms, family):
+    """MAC's training loss projects only the answer positions onto the vocabulary; value and prefix
+    gradients must equal the model's own loss over every position's logits (answers of unequal length)."""
+    lm = lms[family]
+    questions = ["Where is Paris?", "Who?", "What does memory of amortized contexts compress?"]
+    answers = ["France", "Kado Fen of Brindlecorp, an engineer", "documents"]
+    read = _read(lm, CONTEXTS)
+    results = []
+    for own in (False, True):
+        keys = read.keys.clone().requires_grad_(True)
+        values = read.values.clone().requires_grad_(True)
+        prefix = PrefixKV(keys, values, read.mask)
+        if own:
+            loss = lm.answer_loss(questions, answers, prefix)
+        else:
+            ids, mask, labels = lm.qa_batch(questions, answers)
+            loss = lm.forward(ids, mask, prefix=prefix, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), keys.grad, values.grad))
+    (expected, gk, gv), (loss, k, v) = results
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, gk, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(v, gv, atol=1e-6, rtol=1e-4)
+    assert float(lm.answer_loss(questions, answers)) == pytest.approx(
+        float(lm.forward(*lm.qa_batch(questions, answers)[:2], labels=lm.qa_batch(questions, answers)[2]).loss),
+        abs=1e-5)

@@ -82,7 +82,7 @@ class BenchConfig:
     """Documents in each query-benchmark memory (per document length)."""
     doc_tokens: tuple[int, ...] = (150, 600)
     """Document lengths (base-LM tokens) for the query and storage benchmarks; the first is also used for
-    ingestion, scale and training."""
+    ingestion and scale, the longest for training (unless ``train_doc_tokens``)."""
     new_tokens: int = 16
     """Answer length: every method generates exactly this many tokens (EOS suppressed until then)."""
     mac_k: int = 5
@@ -105,6 +105,14 @@ class BenchConfig:
     """Documents (= questions) per meta-training step."""
     train_dropouts: tuple[float, ...] = (0.75, 0.0)
     """Backprop-dropout settings compared by the training benchmark."""
+    train_doc_tokens: int | None = None
+    """Document length (base-LM tokens) of the training benchmark; default: the longest of ``doc_tokens``,
+    as the paper meta-trains on long news articles (the amortizer reads up to its own max_length)."""
+    train_backbone: bool = True
+    """Training benchmark: train the amortizer's own encoder, as the paper trains its T5 amortizer (the
+    setting backprop dropout is for). With the encoder frozen only the small heads after it keep
+    activations, and dropout has next to nothing to save. No effect on the KV-anchored amortizer, whose
+    reader is the frozen base LM itself."""
     ft_batch_size: int = 4
     """Online fine-tuning baseline: documents per optimizer step."""
     ft_steps_per_doc: int = 1
@@ -147,7 +155,7 @@ class BenchConfig:
         _check(self.codec in ("float16", "int8", "float32"), "codec", self.codec, "choose float16, int8 or float32")
         _check(isinstance(self.device, str) and bool(self.device), "device", self.device, "give auto, cpu or cuda")
         for name in ("reps", "query_reps", "train_reps", "ingest_docs", "query_docs", "scale_real_docs",
-                     "scale_queries", "scale_probe_docs", "train_batch"):
+                     "scale_queries", "scale_probe_docs", "train_batch", "train_doc_tokens"):
             value = getattr(self, name)
             _check(value is None or (_is_int(value) and value > 0), name, value, "must be a positive integer")
         for name in ("new_tokens", "mac_k", "ft_batch_size", "ft_steps_per_doc", "profile_top"):
@@ -183,8 +191,13 @@ class BenchConfig:
 
     @property
     def ingest_tokens(self) -> int:
-        """Document length used by ingestion, scale and training: the first of ``doc_tokens``."""
+        """Document length used by ingestion and scale: the first of ``doc_tokens``."""
         return self.doc_tokens[0]
+
+    @property
+    def training_tokens(self) -> int:
+        """Document length of the training benchmark: ``train_doc_tokens`` or the longest of ``doc_tokens``."""
+        return self.train_doc_tokens or max(self.doc_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

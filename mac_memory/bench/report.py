@@ -119,11 +119,14 @@ def figures_table(report: dict[str, Any]) -> str:
                        f"{_mb(agg['peak_bytes'])} ({_mb(agg.get('peak_bytes_with_weights'))}) | "
                        f"{_fmt(r['chroma_disk_bytes_per_record'])} |")
     out.append("")
-    out.append("| model | backprop dropout | step s median [IQR] | peak RSS MiB | peak tensors MiB |")
-    out.append("|---|---:|---:|---:|---:|")
+    out.append("| model | backprop dropout | doc tokens | batch | amortizer encoder trained | step s median [IQR] "
+               "| peak RSS MiB | peak tensors MiB |")
+    out.append("|---|---:|---:|---:|---|---:|---:|---:|")
     for model, data in report["models"].items():
         for variant, r in (data.get("training") or {}).items():
-            out.append(f"| {model} | {variant[len('bpd_'):]} | "
+            trained = r.get("amortizer_backbone_trained")
+            out.append(f"| {model} | {variant[len('bpd_'):]} | {_fmt(r.get('doc_tokens'))} | {_fmt(r.get('batch'))} | "
+                       f"{_fmt(trained)} | "
                        f"{_cell(r, lambda r: _ms(r['step_s']).replace(' [', ' ms ['))} | "
                        f"{_cell(r, lambda r: _mb(r.get('peak_rss_bytes')))} | "
                        f"{_cell(r, lambda r: _mb(r.get('peak_tensor_bytes')))} |")

@@ -4,7 +4,8 @@ A step is exactly what ``mac-memory train`` runs (:class:`~mac_memory.training.m
 paper's ``memory=batch`` objective): ``train_batch`` documents amortized — only a ``1 - dropout`` share
 of them with gradients (:func:`~mac_memory.training.meta.amortize_with_dropout`) — aggregated for each of
 the batch's questions, answer NLL through the frozen LM, backward, AdamW step. Both settings use the same
-batch and seed. The networks' weights are restored afterwards, so later measurements in the same process
+batch and seed. With ``train_backbone`` (the default) an amortizer's own encoder is trained too, as the paper
+trains its T5 amortizer: that is where dropout saves memory. The networks' weights are restored afterwards, so later measurements in the same process
 see the model unchanged.
 """
 
@@ -33,9 +34,13 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
     dropout = float(variant[len("bpd_"):])
     cfg = ctx.cfg
     mac = ctx.mac
-    docs = ctx.documents("train", cfg.train_batch, cfg.ingest_tokens)
+    docs = ctx.documents("train", cfg.train_batch, cfg.training_tokens)
     texts, questions, answers = [d.text for d in docs], [d.question for d in docs], [d.answer for d in docs]
     saved = {k: v.detach().clone() for k, v in mac.state_dict().items()}
+    backbone = getattr(mac.amortizer, "backbone", None) if cfg.train_backbone else None
+    frozen = [p for p in backbone.parameters() if not p.requires_grad] if backbone is not None else []
+    for p in frozen:
+        p.requires_grad_(True)  # the paper's setting: the amortizer's encoder is trained too
     step_module = MetaStep(mac, dropout, "batch")
     params = [p for p in mac.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
@@ -61,6 +66,7 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
             "doc_tokens": summarize([d.tokens for d in docs])["median"],
             "step_s": summarize(seconds),
             "trainable_parameters": int(sum(p.numel() for p in params)),
+            "amortizer_backbone_trained": backbone is not None and any(p.requires_grad for p in backbone.parameters()),
             **rss.stop(),
         }
         if cfg.track_tensors:
@@ -68,6 +74,8 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
     finally:
         mac.eval()
         optimizer.zero_grad(set_to_none=True)
+        for p in frozen:
+            p.requires_grad_(False)
         with torch.no_grad():
             mac.load_state_dict(saved)
     return out
