@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 from typing import Any
 
@@ -292,13 +293,16 @@ def test_tensor_peak_counts_only_what_the_block_allocates():
         c = b.view(-1)  # a view: no new storage
     assert mem.peak == 2 * 4 * 2**20 and c.numel() == 2**20
     rss = PeakRSS().start()
-    block = bytearray(64 * 2**20)  # 64 MiB, touched
-    block[:: 4096] = b"\x01" * len(block[:: 4096])
+    # 64 MiB of fresh anonymous pages, touched (a bytearray could reuse memory the allocator still holds
+    # from earlier tests, and then the resident size would not grow).
+    block = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
     result = rss.stop()
     assert result["peak_rss_bytes"] >= result["rss_before_bytes"]
     if result["rss_method"].startswith("VmHWM"):
         assert result["peak_rss_delta_bytes"] >= 48 * 2**20
-    del block
+    block.close()
 
 
 def test_documents_reach_their_length_deterministically():

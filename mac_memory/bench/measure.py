@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import cProfile
+import gc
 import io
 import os
 import platform
@@ -133,6 +134,9 @@ class PeakRSS:
         return kb * 1024 if kb is not None else _maxrss_bytes()
 
     def start(self) -> PeakRSS:
+        # Garbage left by earlier work must not be freed mid-measurement: the resident size would drop
+        # under ``before`` and hide what the measured block allocates.
+        gc.collect()
         self.before = self.current()
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
