@@ -338,3 +338,35 @@ def test_without_weights_the_peak_grows_only_with_the_trees_depth(peak_setup):
     with torch.no_grad(), PeakTensorMemory() as weighted:
         agg.aggregate(queries, memory, doc_mask, window=16)
     assert weighted.peak > mem4096.peak + queries.shape[0] * 4096 * 2  # the control: (B, N) float32 weights
+
+
+def test_without_a_mask_or_weights_no_single_allocation_grows_with_n():
+    """``doc_mask=None`` means every document counts: the masks are made a window at a time, so nothing of
+    N entries is allocated (a (B, N) bool mask was: 1 byte per document and question, 1 MB per question
+    over a million documents)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class Largest(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor) and func not in (torch.ops.aten.slice.Tensor, torch.ops.aten.view.default):
+                    self.bytes = max(self.bytes, t.numel() * t.element_size())
+            return out
+
+    torch.manual_seed(0)
+    agg = AggregationNetwork(AggregatorConfig(num_layers=1, num_heads=2, window=16), D_MEM).eval()
+    n_docs = 20_000
+    queries, memory = _inputs(1, n_docs, seed=14)
+    with torch.no_grad(), Largest() as largest:
+        out = agg.aggregate(queries, memory, None, window=16, with_weights=False)
+    assert out.tokens.shape == (1, T, D_MEM) and out.weights is None
+    assert largest.bytes < n_docs, f"an allocation of {largest.bytes} B for {n_docs} documents"
+    with torch.no_grad():  # the same result as with an explicit all-True mask
+        masked = agg.aggregate(queries, memory, torch.ones(1, n_docs, dtype=torch.bool), window=16, with_weights=False)
+    torch.testing.assert_close(out.tokens, masked.tokens)

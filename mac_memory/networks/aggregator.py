@@ -140,12 +140,13 @@ class AggregationNetwork(nn.Module):
         """
         window = window or self.window
         B, N = memory.shape[:2]
-        if doc_mask is None:
-            doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
-        doc_mask = doc_mask.bool()
-        if not bool(doc_mask.any(dim=1).all()):
-            raise ValueError("Every question needs at least one candidate document to aggregate.")
+        if doc_mask is not None:
+            doc_mask = doc_mask.bool()
+            if not bool(doc_mask.any(dim=1).all()):
+                raise ValueError("Every question needs at least one candidate document to aggregate.")
         if N <= window:
+            if doc_mask is None:
+                doc_mask = torch.ones(B, N, dtype=torch.bool, device=memory.device)
             out = self(queries, memory, doc_mask, prior)
             return out if with_weights else Aggregated(out.tokens, None)
 
@@ -179,7 +180,9 @@ class AggregationNetwork(nn.Module):
 
         for start in range(0, N, window):
             stop = min(start + window, N)
-            valid = doc_mask[:, start:stop]
+            # No mask means every document counts: one window's worth of True, never an O(N) mask.
+            valid = (doc_mask[:, start:stop] if doc_mask is not None
+                     else torch.ones(B, stop - start, dtype=torch.bool, device=memory.device))
             p = None if prior is None else prior[:, start:stop]
             out = self._safe_window(queries, memory[:, start:stop], valid, p)
             push(1, (out.tokens, valid.any(dim=1), out.weights if with_weights else None, mass(p, valid)))
