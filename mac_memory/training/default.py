@@ -47,7 +47,7 @@ _BASE = BaseTrainConfig(
 
 @dataclass
 class DefaultRecipe:
-    """How the embedded default is trained (about 2.5 hours on a 2-core CPU; the shipped copy saves that)."""
+    """How the embedded default is trained (about 3 hours on a 2-core CPU; the shipped copy saves that)."""
 
     base: BaseTrainConfig = field(default_factory=lambda: _BASE)
     base_continue: tuple[BaseTrainConfig, ...] = ()
