@@ -43,6 +43,9 @@ def test_train_base_from_scratch_lowers_loss_and_writes_a_loadable_lm(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 13))
     assert sum(r["loss"] for r in log[-3:]) < sum(r["loss"] for r in log[:3])
     assert {"rag_gold_f1", "no_memory_f1"} <= set(log[5])
+    # Per kind of fact, and every kind gets asked (not only each document's first two questions).
+    kinds = {k: v for k, v in log[5].items() if k.startswith("rag_gold_f1/")}
+    assert len(kinds) >= 3 and all(0.0 <= v <= 100.0 for v in kinds.values()), kinds
     lm = FrozenLM.from_pretrained(final, device="cpu")  # the real loading path reads it back
     assert lm.layout.num_layers == 1 and lm.layout.num_kv_heads == 1
 
