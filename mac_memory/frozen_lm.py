@@ -83,9 +83,8 @@ class FrozenLM:
         self.layout = self._checked_layout()
         # Reading a document wants its key/values only: skip the vocabulary projection of its tokens
         # where the model allows it (a third of GPT-2-small's compute on a 150-token document).
-        self._read_kwargs = (
-            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        )
+        self._skips_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._read_kwargs = {"logits_to_keep": 1} if self._skips_logits else {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str = "float32", device: str | None = None,
@@ -217,7 +216,7 @@ class FrozenLM:
                     prefix: PrefixKV | None = None) -> torch.Tensor:
         """Mean answer-token NLL of ``answers`` given ``questions`` under ``prefix`` (MAC's training loss)."""
         input_ids, attention_mask, labels = self.qa_batch(questions, answers)
-        if not self._read_kwargs:  # the model cannot skip logits: let it compute the loss over all of them
+        if not self._skips_logits:  # the model cannot skip logits: let it compute the loss over all of them
             return self.forward(input_ids, attention_mask, prefix=prefix, labels=labels).loss
         # Left padding puts every answer at the end of its row, so only the last ``span`` positions predict
         # answer tokens: project those onto the vocabulary and skip the rest (on a 32k-50k vocabulary the

@@ -248,3 +248,13 @@ def test_answer_loss_equals_the_models_own_loss_over_all_logits(lms, family):
     assert float(lm.answer_loss(questions, answers)) == pytest.approx(
         float(lm.forward(*lm.qa_batch(questions, answers)[:2], labels=lm.qa_batch(questions, answers)[2]).loss),
         abs=1e-5)
+
+
+def test_answer_loss_of_a_model_that_cannot_skip_logits_is_the_same(lms, monkeypatch):
+    """Models whose forward has no ``logits_to_keep`` get the model's own loss over all logits: same value."""
+    lm = lms["llama"]
+    questions, answers = ["Where is Paris?", "Who?"], ["France", "Kado Fen of Brindlecorp"]
+    sliced = lm.answer_loss(questions, answers, _read(lm, CONTEXTS[:2]))
+    monkeypatch.setattr(lm, "_skips_logits", False)
+    torch.testing.assert_close(lm.answer_loss(questions, answers, _read(lm, CONTEXTS[:2])), sliced,
+                               atol=1e-5, rtol=1e-5)
