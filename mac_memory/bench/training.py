@@ -4,9 +4,10 @@ A step is exactly what ``mac-memory train`` runs (:class:`~mac_memory.training.m
 paper's ``memory=batch`` objective): ``train_batch`` documents amortized — only a ``1 - dropout`` share
 of them with gradients (:func:`~mac_memory.training.meta.amortize_with_dropout`) — aggregated for each of
 the batch's questions, answer NLL through the frozen LM, backward, AdamW step. Both settings use the same
-batch and seed. With ``train_backbone`` (the default) an amortizer's own encoder is trained too, as the paper
-trains its T5 amortizer: that is where dropout saves memory. The networks' weights are restored afterwards, so later measurements in the same process
-see the model unchanged.
+batch and seed. With ``train_backbone`` (the default) an amortizer's own encoder is trained too, as the
+paper trains its T5 amortizer: that is where dropout saves memory. The networks' weights (and which of
+them are frozen) are restored afterwards, so later measurements in the same process see the model
+unchanged.
 """
 
 from __future__ import annotations
@@ -39,11 +40,7 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
     saved = {k: v.detach().clone() for k, v in mac.state_dict().items()}
     backbone = getattr(mac.amortizer, "backbone", None) if cfg.train_backbone else None
     frozen = [p for p in backbone.parameters() if not p.requires_grad] if backbone is not None else []
-    for p in frozen:
-        p.requires_grad_(True)  # the paper's setting: the amortizer's encoder is trained too
     step_module = MetaStep(mac, dropout, "batch")
-    params = [p for p in mac.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5)
 
     def step() -> float:
         torch.manual_seed(cfg.seed)  # the same documents get gradients in every repetition
@@ -54,7 +51,12 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
         return float(loss.detach())
 
     mac.train()
+    optimizer = None
     try:
+        for p in frozen:
+            p.requires_grad_(True)  # the paper's setting: the amortizer's encoder is trained too
+        params = [p for p in mac.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
         rss = PeakRSS(ctx.device).start()
         for _ in range(max(cfg.warmup, 1)):  # the first step also allocates AdamW's state
             step()
@@ -73,7 +75,8 @@ def run(ctx: BenchContext, variant: str | None) -> dict[str, Any]:
             out["peak_tensor_bytes"], out["tensor_method"] = tensor_peak(step, ctx.device)
     finally:
         mac.eval()
-        optimizer.zero_grad(set_to_none=True)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
         for p in frozen:
             p.requires_grad_(False)
         with torch.no_grad():
