@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections import defaultdict
 
 import torch
 
 from mac_memory.data.synthetic import WorldConfig, generate_world, iter_documents
-from mac_memory.evaluation.metrics import f1_score
+from mac_memory.evaluation.metrics import Scores, score_by_group, score_predictions
 from mac_memory.evaluation.protocol import fit_rag_prompts
 from mac_memory.frozen_lm import FrozenLM
 from mac_memory.prompts import clean_answer
@@ -27,15 +26,16 @@ from mac_memory.prompts import clean_answer
 NEW_TOKENS = 16
 
 
-def by_attribute(lm: FrozenLM, docs: list, batch: int = 16) -> dict[str, list[float]]:
+def by_attribute(lm: FrozenLM, docs: list, batch: int = 16) -> tuple[Scores, dict[str, Scores]]:
+    """Scores of every question of ``docs``, in all and per attribute."""
     items = [(d, qa) for d in docs for qa in d.qas]
-    scores: dict[str, list[float]] = defaultdict(list)
+    preds: list[str] = []
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
         prompts = fit_rag_prompts(lm, [[d.context] for d, _ in chunk], [qa.question for _, qa in chunk], NEW_TOKENS)
-        for (_, qa), out in zip(chunk, lm.generate(prompts, max_new_tokens=NEW_TOKENS), strict=True):
-            scores[qa.metadata.get("attribute", "?")].append(f1_score(clean_answer(out), qa.answers))
-    return scores
+        preds += [clean_answer(t) for t in lm.generate(prompts, max_new_tokens=NEW_TOKENS)]
+    refs = [qa.answers for _, qa in items]
+    return score_predictions(preds, refs), score_by_group(preds, refs, [qa.metadata.get("attribute") for _, qa in items])
 
 
 def main() -> None:
@@ -57,10 +57,8 @@ def main() -> None:
     for path in ns.base_lms:
         lm = FrozenLM.from_pretrained(path)
         for name, docs in sets.items():
-            scores = by_attribute(lm, docs)
-            every = [s for v in scores.values() for s in v]
-            rows.append((path, name, 100 * sum(every) / len(every),
-                         {a: 100 * sum(v) / len(v) for a, v in scores.items()}))
+            every, per = by_attribute(lm, docs)
+            rows.append((path, name, every.f1, {a: sc.f1 for a, sc in per.items()}))
     attributes = sorted({a for *_, per in rows for a in per})
     print("| base LM | documents | all | " + " | ".join(attributes) + " |")
     print("|---|---|---:|" + "---:|" * len(attributes))

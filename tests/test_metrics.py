@@ -106,3 +106,15 @@ def test_metric_properties(prediction: str, reference: str) -> None:
     assert f1 == pytest.approx(f1_score(reference, [prediction]))  # F1 is symmetric for one reference
     assert f1_score(prediction, [prediction]) == 1.0
     assert normalize_answer(normalize_answer(prediction)) == normalize_answer(prediction)
+
+
+def test_score_by_group_scores_each_group_and_skips_ungrouped():
+    from mac_memory.evaluation.metrics import score_by_group
+
+    preds = ["Paris", "1935", "red", "blue"]
+    refs = [["Paris"], ["1937"], ["red"], ["green"]]
+    scores = score_by_group(preds, refs, ["city", "year", "colour", None])
+    assert list(scores) == ["city", "colour", "year"]
+    assert (scores["city"].f1, scores["year"].f1, scores["colour"].n) == (100.0, 0.0, 1)
+    with pytest.raises(ValueError, match="as many"):
+        score_by_group(preds, refs, ["city"])

@@ -124,9 +124,8 @@ def figures_table(report: dict[str, Any]) -> str:
     out.append("|---|---:|---:|---:|---|---:|---:|---:|")
     for model, data in report["models"].items():
         for variant, r in (data.get("training") or {}).items():
-            trained = r.get("amortizer_backbone_trained")
             out.append(f"| {model} | {variant[len('bpd_'):]} | {_fmt(r.get('doc_tokens'))} | {_fmt(r.get('batch'))} | "
-                       f"{_fmt(trained)} | "
+                       f"{_fmt(r.get('amortizer_backbone_trained'))} | "
                        f"{_cell(r, lambda r: _ms(r['step_s']).replace(' [', ' ms ['))} | "
                        f"{_cell(r, lambda r: _mb(r.get('peak_rss_bytes')))} | "
                        f"{_cell(r, lambda r: _mb(r.get('peak_tensor_bytes')))} |")

@@ -108,3 +108,17 @@ def score_predictions(predictions: Sequence[str], references: Sequence[Sequence[
     em = sum(exact_match(p, r) for p, r in zip(predictions, references, strict=True))
     f1 = sum(f1_score(p, r) for p, r in zip(predictions, references, strict=True))
     return Scores(em=100.0 * em / n, f1=100.0 * f1 / n, n=n)
+
+
+def score_by_group(predictions: Sequence[str], references: Sequence[Sequence[str]],
+                   groups: Sequence[str | None]) -> dict[str, Scores]:
+    """:func:`score_predictions` of each group (e.g. the kind of fact asked); ``None`` groups are skipped."""
+    if not len(predictions) == len(references) == len(groups):
+        raise ValueError(f"{len(predictions)} predictions, {len(references)} reference lists and "
+                         f"{len(groups)} groups: they must be as many")
+    rows: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        if group is not None:
+            rows.setdefault(group, []).append(i)
+    return {g: score_predictions([predictions[i] for i in r], [references[i] for i in r])
+            for g, r in sorted(rows.items())}

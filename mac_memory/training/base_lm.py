@@ -229,7 +229,7 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
     that every kind of question is asked. Questions that name their kind (the synthetic world's
     ``attribute``) also get ``rag_gold_f1/<attribute>``: a from-scratch LM learns to read one kind of fact
     at a time, and the mean hides which ones it still guesses."""
-    from ..evaluation.metrics import score_predictions
+    from ..evaluation.metrics import score_by_group, score_predictions
     from ..frozen_lm import FrozenLM
 
     was_training, padding_side = model.training, tokenizer.padding_side
@@ -248,12 +248,9 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
             preds += [t.strip().split("\n")[0].strip() for t in texts]
         out[f"{name}_f1"] = score_predictions(preds, refs).f1
         if name == "rag_gold":
-            kinds: dict[str, list[int]] = {}
-            for k, (_, qa) in enumerate(questions):
-                if isinstance(qa.metadata.get("attribute"), str):
-                    kinds.setdefault(qa.metadata["attribute"], []).append(k)
-            for kind, rows in sorted(kinds.items()):
-                out[f"rag_gold_f1/{kind}"] = score_predictions([preds[k] for k in rows], [refs[k] for k in rows]).f1
+            kinds = [qa.metadata.get("attribute") if isinstance(qa.metadata.get("attribute"), str) else None
+                     for _, qa in questions]
+            out.update({f"rag_gold_f1/{kind}": sc.f1 for kind, sc in score_by_group(preds, refs, kinds).items()})
     model.train(was_training)
     model.requires_grad_(True)
     tokenizer.padding_side = padding_side
