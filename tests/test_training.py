@@ -210,3 +210,59 @@ def test_own_training_file_reads_its_own_documents(tmp_path):
         assert "tower of Lumen" in text and answers and answers[0].endswith("metres")
     with pytest.raises(DataFormatError, match="nothing to read"):
         next(example_stream(cfg, [Document("e", "No questions here.", ())], fresh_seed=0))
+
+
+def test_number_tokens_make_each_number_one_token_starting_from_its_old_pieces():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from mac_memory.tiny_models import build_tokenizer
+    from mac_memory.training.base_lm import add_number_tokens
+
+    tokenizer = build_tokenizer()
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                  tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    size = len(tokenizer)
+    pieces = tokenizer(" 1935", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1
+    before_in = model.get_input_embeddings().weight[pieces].mean(0).clone()
+    before_out = model.get_output_embeddings().weight[pieces].mean(0).clone()
+
+    assert add_number_tokens(model, tokenizer, "1930-1939") == 10
+    assert len(tokenizer) == size + 10 == model.get_input_embeddings().weight.shape[0]
+    assert model.get_output_embeddings().weight.shape[0] == size + 10
+    ids = tokenizer("She was born in 1935, in Kelo.", add_special_tokens=False)["input_ids"]
+    new = tokenizer.convert_tokens_to_ids(" 1935")
+    assert new in ids and tokenizer.decode(ids) == "She was born in 1935, in Kelo."
+    assert torch.equal(model.get_input_embeddings().weight[new], before_in)
+    assert torch.equal(model.get_output_embeddings().weight[new], before_out)
+    assert add_number_tokens(model, tokenizer, "1930-1940") == 1  # only 1940 is new
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([ids])).logits).all()
+
+
+def test_train_base_grows_the_vocabulary_when_a_phase_adds_number_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from mac_memory.errors import ConfigError
+
+    cfg = BaseTrainConfig(out=str(tmp_path / "base"), world_entities=30, vocab_size=300, hidden_size=32,
+                          num_layers=1, num_heads=2, num_kv_heads=1, steps=4, batch_size=4, eval_every=4,
+                          warmup=2, max_length=128)
+    train_base(cfg)
+    with pytest.raises(ConfigError, match="LO-HI"):
+        train_base(BaseTrainConfig(out=str(tmp_path / "bad"), number_tokens="2020-1850"))
+    assert not (tmp_path / "bad").exists()
+
+    from dataclasses import replace
+
+    final = train_base(replace(cfg, steps=8, resume=True, number_tokens="1850-2020"))
+    log = _log(tmp_path / "base" / "log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 9))
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert tokenizer.tokenize("born in 1999.")[-2:] == [" 1999", "."]
+    lm = FrozenLM.from_pretrained(final, device="cpu")
+    assert lm.model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert lm.generate(["Question: In what year was Varn born?\nAnswer:"], max_new_tokens=3)

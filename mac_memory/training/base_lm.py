@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..data.stream import Document, load_stream
 from ..data.synthetic import WorldConfig, generate_world, iter_documents
-from ..errors import DataFormatError
+from ..errors import ConfigError, DataFormatError
 from ..prompts import format_qa, format_with_documents
 from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
 
@@ -61,6 +61,12 @@ class BaseTrainConfig:
     """Entities in the synthetic world (split train/val/test by entity)."""
     vocab_size: int = 2048
     """From scratch: BPE vocabulary size."""
+    number_tokens: str = ""
+    """Whole numbers ``"LO-HI"`` that get one token each (written with the leading space they follow a word
+    with), added to the tokenizer before training; empty = none. A small LM copies a one-token number from
+    its context far more easily than its BPE pieces (the v5 default copied a year's first piece and guessed
+    the second). Resuming or starting from a model without them grows its embeddings; each new row starts
+    at the mean of the number's old pieces."""
     hidden_size: int = 256
     """From scratch: model width."""
     num_layers: int = 4
@@ -173,6 +179,46 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return build_tokenizer(texts, vocab_size=vocab_size)
 
 
+def number_range(spec: str) -> range:
+    """``"1850-2020"`` → ``range(1850, 2021)``, with a clear error for anything else."""
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", spec)
+    if match is None or int(match[1]) > int(match[2]):
+        raise ConfigError(f"number_tokens must look like 'LO-HI' with LO <= HI (e.g. '1850-2020'), got {spec!r}.")
+    lo, hi = int(match[1]), int(match[2])
+    if hi - lo >= 100_000:
+        raise ConfigError(f"number_tokens {spec!r} would add {hi - lo + 1:,} tokens; keep the range under 100,000.")
+    return range(lo, hi + 1)
+
+
+def add_number_tokens(model, tokenizer, spec: str) -> int:
+    """Give every whole number of ``spec`` (``"LO-HI"``) its own token, as ``" N"``; returns how many were new.
+
+    The model's embeddings grow to the new vocabulary; each new row (input, and output when untied)
+    starts at the mean of the rows of the pieces the number was split into before, so the LM begins
+    from what it already knew of the number.
+    """
+    from tokenizers import AddedToken
+
+    vocab = tokenizer.get_vocab()
+    words = [f" {n}" for n in number_range(spec) if f" {n}" not in vocab]
+    if not words:
+        return 0
+    pieces = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    tokenizer.add_tokens([AddedToken(w, normalized=False) for w in words])
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not tables[0]:
+        tables.append(output.weight)
+    ids = tokenizer.convert_tokens_to_ids(words)
+    with torch.no_grad():
+        for table in tables:
+            for new, old in zip(ids, pieces):
+                table[new] = table[old].mean(0)
+    logger.info("Added %d number tokens (%s); vocabulary now %d", len(words), spec, len(tokenizer))
+    return len(words)
+
+
 def _build_from_scratch(cfg: BaseTrainConfig, world: list[Document]):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -263,6 +309,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.number_tokens:
+        number_range(cfg.number_tokens)  # a malformed range fails before anything is loaded or written
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     world = _training_world(cfg)
@@ -285,12 +333,16 @@ def train_base(cfg: BaseTrainConfig) -> Path:
             tokenizer.pad_token = tokenizer.eos_token
     else:
         model, tokenizer = _build_from_scratch(cfg, world)
+    grown = add_number_tokens(model, tokenizer, cfg.number_tokens) if cfg.number_tokens else 0
     tokenizer.padding_side = "right"
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     if resume_from is not None and (resume_from / "optimizer.pt").is_file():
-        optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True))
+        if grown:  # the embedding's moments no longer fit; a warm restart begins from fresh ones
+            logger.info("Vocabulary grew by %d tokens: the optimizer starts afresh", grown)
+        else:
+            optimizer.load_state_dict(torch.load(resume_from / "optimizer.pt", weights_only=True))
 
     def lr_at(step: int) -> float:
         return cfg.lr * warmup_cosine(step, cfg.warmup, cfg.steps)
