@@ -1,6 +1,6 @@
 """How well a base LM reads, per attribute: F1 with the gold document in the prompt (``rag_gold``).
 
-    python benchmarks/reading_by_attribute.py BASE_LM [BASE_LM ...] [--docs 60] [--threads 1]
+    python benchmarks/reading_by_attribute.py BASE_LM [BASE_LM ...] [--mac CHECKPOINT ...] [--docs 60] [--threads 1]
 
 For each base LM (a local directory or hub name) and three document sets — held-out people of the
 training world (its test split), the world's training people, and fresh people from a stream with other
@@ -8,6 +8,10 @@ invented cities and companies — it asks every question of the first ``--docs``
 document written into the prompt, exactly as the evaluation's ``rag_gold`` does, and prints F1 per
 attribute. A from-scratch LM learns to read one attribute type at a time (docs/results.md); the overall
 F1 hides which types it still guesses.
+
+``--mac CHECKPOINT``: the same per attribute for MAC checkpoints (on their recorded base LM), each
+question answered from its own document's modulation alone, as the evaluation's ``mac_gold`` does —
+which kinds of fact the networks carry.
 """
 
 from __future__ import annotations
@@ -21,31 +25,53 @@ from mac_memory.data.synthetic import WorldConfig, generate_world, iter_document
 from mac_memory.evaluation.metrics import Scores, score_by_group, score_predictions
 from mac_memory.evaluation.protocol import fit_rag_prompts
 from mac_memory.frozen_lm import FrozenLM
+from mac_memory.model import MACModel
 from mac_memory.prompts import clean_answer
 
 NEW_TOKENS = 16
 
 
+def _scored(preds: list[str], items: list) -> tuple[Scores, dict[str, Scores]]:
+    refs = [qa.answers for _, qa in items]
+    return score_predictions(preds, refs), score_by_group(preds, refs, [qa.metadata.get("attribute") for _, qa in items])
+
+
 def by_attribute(lm: FrozenLM, docs: list, batch: int = 16) -> tuple[Scores, dict[str, Scores]]:
-    """Scores of every question of ``docs``, in all and per attribute."""
+    """Scores of every question of ``docs`` with its document in the prompt, in all and per attribute."""
     items = [(d, qa) for d in docs for qa in d.qas]
     preds: list[str] = []
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
         prompts = fit_rag_prompts(lm, [[d.context] for d, _ in chunk], [qa.question for _, qa in chunk], NEW_TOKENS)
         preds += [clean_answer(t) for t in lm.generate(prompts, max_new_tokens=NEW_TOKENS)]
-    refs = [qa.answers for _, qa in items]
-    return score_predictions(preds, refs), score_by_group(preds, refs, [qa.metadata.get("attribute") for _, qa in items])
+    return _scored(preds, items)
+
+
+@torch.no_grad()
+def mac_by_attribute(mac, docs: list, batch: int = 16) -> tuple[Scores, dict[str, Scores]]:
+    """Scores of every question of ``docs`` answered from its own document's modulation alone."""
+    memory = mac.amortize([d.context for d in docs])  # (D, T, d_mem)
+    items = [(i, qa) for i, d in enumerate(docs) for qa in d.qas]
+    preds: list[str] = []
+    for s in range(0, len(items), batch):
+        chunk = items[s : s + batch]
+        gold = memory[[i for i, _ in chunk]][:, None]  # (B, 1, T, d_mem): one candidate each
+        texts, _ = mac.generate([qa.question for _, qa in chunk], gold, max_new_tokens=NEW_TOKENS)
+        preds += [clean_answer(t) for t in texts]
+    return _scored(preds, items)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base_lms", nargs="+")
+    parser.add_argument("base_lms", nargs="*", help="base LMs: rag_gold per attribute")
+    parser.add_argument("--mac", nargs="+", default=[], metavar="CHECKPOINT", help="MAC checkpoints: mac_gold per attribute")
     parser.add_argument("--docs", type=int, default=60, help="documents per set")
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--world-entities", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=1)
     ns = parser.parse_args()
+    if not ns.base_lms and not ns.mac:
+        parser.error("give at least one base LM or --mac checkpoint")
     torch.set_num_threads(ns.threads)
     world = generate_world(WorldConfig(seed=ns.world_seed, n_entities=ns.world_entities))
     sets = {
@@ -59,8 +85,13 @@ def main() -> None:
         for name, docs in sets.items():
             every, per = by_attribute(lm, docs)
             rows.append((path, name, every.f1, {a: sc.f1 for a, sc in per.items()}))
+    for path in ns.mac:
+        mac = MACModel.from_pretrained(path)
+        for name, docs in sets.items():
+            every, per = mac_by_attribute(mac, docs)
+            rows.append((f"mac_gold {path}", name, every.f1, {a: sc.f1 for a, sc in per.items()}))
     attributes = sorted({a for *_, per in rows for a in per})
-    print("| base LM | documents | all | " + " | ".join(attributes) + " |")
+    print("| model | documents | all | " + " | ".join(attributes) + " |")
     print("|---|---|---:|" + "---:|" * len(attributes))
     for path, name, every, per in rows:
         cells = " | ".join(f"{per[a]:.0f}" if a in per else "—" for a in attributes)

@@ -120,7 +120,7 @@ def test_bad_training_options_are_refused():
 
 
 def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads(tmp_path, monkeypatch):
-    """train-default's base phases, MAC rungs (gold, gold again, then batch) and the float16 copy shipped in the package."""
+    """train-default's base phases, MAC rungs (gold, gold twice more, then batch) and the float16 copy shipped in the package."""
     from dataclasses import replace
 
     from safetensors import safe_open
@@ -134,7 +134,9 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
     gold = replace(rung, memory="gold")
     recipe = default.DefaultRecipe(base=base, base_continue=(replace(base, steps=6, lr=5e-4),
                                                              replace(base, steps=7, lr=2e-4)),
-                                   mac_gold=gold, mac_gold_continue=replace(gold, steps=2, seed=1), mac=rung,
+                                   mac_gold=gold, mac_gold_continue=(replace(gold, steps=2, seed=1),
+                                                                               replace(gold, steps=2, seed=2)),
+                                   mac=rung,
                                    calibration=calibration)
     paths = default.train_default(recipe, tmp_path / "cache")
     base_log = [json.loads(line) for line in (tmp_path / "cache" / "base-run" / "log.jsonl").read_text().splitlines()]
@@ -142,8 +144,10 @@ def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads
     assert (tmp_path / "cache" / "mac-gold-run" / "final" / "mac_manifest.json").is_file()
     gold2_cfg = json.loads((tmp_path / "cache" / "mac-gold2-run" / "train_config.json").read_text())
     assert gold2_cfg["init"].endswith("mac-gold-run/final") and gold2_cfg["seed"] == 1
+    gold3_cfg = json.loads((tmp_path / "cache" / "mac-gold3-run" / "train_config.json").read_text())
+    assert gold3_cfg["init"].endswith("mac-gold2-run/final") and gold3_cfg["seed"] == 2
     batch_cfg = json.loads((tmp_path / "cache" / "mac-run" / "train_config.json").read_text())
-    assert batch_cfg["init"].endswith("mac-gold2-run/final") and batch_cfg["memory"] == "batch"
+    assert batch_cfg["init"].endswith("mac-gold3-run/final") and batch_cfg["memory"] == "batch"
     sweep = json.loads((tmp_path / "cache" / "mac-run" / "final" / "calibration.json").read_text())
     assert [row["temperature"] for row in sweep["sweep"]] == [None, 0.02]  # calibrated last, on val
 

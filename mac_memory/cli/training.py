@@ -46,7 +46,7 @@ def _train_default(ns: argparse.Namespace) -> int:
         recipe = replace(recipe, base=replace(recipe.base, steps=ns.base_steps), base_continue=())
     if ns.gold_steps is not None:
         gold = replace(recipe.mac_gold, steps=ns.gold_steps) if ns.gold_steps and recipe.mac_gold else None
-        recipe = replace(recipe, mac_gold=gold, mac_gold_continue=None)
+        recipe = replace(recipe, mac_gold=gold, mac_gold_continue=())
     if ns.mac_steps:
         from ..training.default import BATCH_RUNG
 
