@@ -23,7 +23,7 @@ import torch
 
 from mac_memory.data.synthetic import WorldConfig, generate_world, iter_documents
 from mac_memory.evaluation.metrics import Scores, score_by_group, score_predictions
-from mac_memory.evaluation.protocol import fit_rag_prompts
+from mac_memory.evaluation.protocol import EvalConfig, _Protocol, fit_rag_prompts
 from mac_memory.frozen_lm import FrozenLM
 from mac_memory.model import MACModel
 from mac_memory.prompts import clean_answer
@@ -47,18 +47,12 @@ def by_attribute(lm: FrozenLM, docs: list, batch: int = 16) -> tuple[Scores, dic
     return _scored(preds, items)
 
 
-@torch.no_grad()
-def mac_by_attribute(mac, docs: list, batch: int = 16) -> tuple[Scores, dict[str, Scores]]:
-    """Scores of every question of ``docs`` answered from its own document's modulation alone."""
-    memory = mac.amortize([d.context for d in docs])  # (D, T, d_mem)
-    items = [(i, qa) for i, d in enumerate(docs) for qa in d.qas]
-    preds: list[str] = []
-    for s in range(0, len(items), batch):
-        chunk = items[s : s + batch]
-        gold = memory[[i for i, _ in chunk]][:, None]  # (B, 1, T, d_mem): one candidate each
-        texts, _ = mac.generate([qa.question for _, qa in chunk], gold, max_new_tokens=NEW_TOKENS)
-        preds += [clean_answer(t) for t in texts]
-    return _scored(preds, items)
+def mac_by_attribute(mac: MACModel, docs: list) -> tuple[Scores, dict[str, Scores]]:
+    """Scores of every question of ``docs`` answered from its own document's modulation alone: the
+    evaluation protocol's own ``mac_gold`` method, run on these documents."""
+    run = _Protocol(EvalConfig(methods=("mac_gold",), retention=False, max_new_tokens=NEW_TOKENS), mac, docs, None)
+    preds, _ = run.run_method("mac_gold")
+    return _scored([clean_answer(t) for t in preds], [(None, it.qa) for it in run.items])
 
 
 def main() -> None:
