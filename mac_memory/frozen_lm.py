@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import BaseModelMismatchError, check_texts
@@ -212,25 +213,58 @@ class FrozenLM:
             **kwargs,
         )
 
-    def answer_loss(self, questions: Sequence[str], answers: Sequence[str],
-                    prefix: PrefixKV | None = None) -> torch.Tensor:
-        """Mean answer-token NLL of ``answers`` given ``questions`` under ``prefix`` (MAC's training loss)."""
+    def answer_loss(self, questions: Sequence[str], answers: Sequence[str], prefix: PrefixKV | None = None,
+                    *, recompute_chunk: int = 0) -> torch.Tensor:
+        """Mean answer-token NLL of ``answers`` given ``questions`` under ``prefix`` (MAC's training loss).
+
+        ``recompute_chunk`` trades compute for memory when training: with N > 0 the LM runs N questions at
+        a time under activation checkpointing, so instead of keeping every layer's activations for the
+        whole batch until backward, backward recomputes them one chunk at a time (peak about N / B of
+        them, for one more forward of the frozen LM). The value and the prefix's gradients are the same.
+        """
         input_ids, attention_mask, labels = self.qa_batch(questions, answers)
-        if not self._skips_logits:  # the model cannot skip logits: let it compute the loss over all of them
-            return self.forward(input_ids, attention_mask, prefix=prefix, labels=labels).loss
-        # Left padding puts every answer at the end of its row, so only the last ``span`` positions predict
-        # answer tokens: project those onto the vocabulary and skip the rest (on a 32k-50k vocabulary the
-        # question's logits were most of a training step's activation memory). Same value as the model's
-        # own loss: the mean NLL over answer tokens, in float32.
+        count = int((labels[:, 1:] != -100).sum())
+        if count == 0:
+            raise ValueError("answer_loss: no answer tokens to score (every answer was cut off).")
+        if recompute_chunk < 0:
+            raise ValueError(f"answer_loss: recompute_chunk must be >= 0, got {recompute_chunk}.")
+        batch = input_ids.shape[0]
+        if prefix is not None:
+            prefix = prefix.expand(batch)
+        tracked = prefix is not None and torch.is_grad_enabled() and (
+            prefix.keys.requires_grad or prefix.values.requires_grad)
+        if not tracked or not recompute_chunk or recompute_chunk >= batch:
+            return self._answer_nll(input_ids, attention_mask, labels, prefix) / count
+        total = input_ids.new_zeros((), dtype=torch.float32)
+        for start in range(0, batch, recompute_chunk):
+            rows = slice(start, start + recompute_chunk)
+            mask = None if prefix.mask is None else prefix.mask[rows]
+            total = total + torch.utils.checkpoint.checkpoint(
+                self._answer_nll_of, input_ids[rows], attention_mask[rows], labels[rows],
+                prefix.keys[:, rows], prefix.values[:, rows], mask, use_reentrant=False)
+        return total / count
+
+    def _answer_nll_of(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                       keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # Checkpointed functions take tensors: the prefix is rebuilt (and its cache made afresh) on recompute.
+        return self._answer_nll(input_ids, attention_mask, labels, PrefixKV(keys, values, mask))
+
+    def _answer_nll(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    prefix: PrefixKV | None) -> torch.Tensor:
+        """Summed NLL (float32) of the labelled tokens."""
         labelled = (labels != -100).any(dim=0).nonzero()
         if labelled.numel() == 0:
-            raise ValueError("answer_loss: no answer tokens to score (every answer was cut off).")
+            return input_ids.new_zeros((), dtype=torch.float32)
+        # Left padding puts every answer at the end of its row, so only the last ``span`` positions predict
+        # answer tokens: project those onto the vocabulary and skip the rest (on a 32k-50k vocabulary the
+        # question's logits were most of a training step's activation memory). A model that cannot skip
+        # logits computes them all and the same positions are kept.
         span = input_ids.shape[1] - int(labelled[0])
-        logits = self.forward(input_ids, attention_mask, prefix=prefix, logits_to_keep=span + 1).logits
-        targets = labels[:, -span:]
+        keep = {"logits_to_keep": span + 1} if self._skips_logits else {}
+        logits = self.forward(input_ids, attention_mask, prefix=prefix, **keep).logits[:, -(span + 1):]
         return torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-        )
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, -span:].reshape(-1),
+            ignore_index=-100, reduction="sum")
 
     @torch.no_grad()
     def generate_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

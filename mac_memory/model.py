@@ -137,10 +137,14 @@ class MACModel(nn.Module):
         return self.projector(merged.tokens), merged.weights
 
     def loss(self, questions: Sequence[str], answers: Sequence[str], memory: torch.Tensor,
-             doc_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """MAC's objective: the frozen LM's answer NLL under the aggregated prefix."""
+             doc_mask: torch.Tensor | None = None, *, recompute_chunk: int = 0) -> torch.Tensor:
+        """MAC's objective: the frozen LM's answer NLL under the aggregated prefix.
+
+        ``recompute_chunk`` > 0 recomputes the frozen LM's activations in backward, that many questions at
+        a time, instead of keeping them (:meth:`FrozenLM.answer_loss`): less memory, same loss.
+        """
         prefix, _ = self.modulate(questions, memory, doc_mask)
-        return self.lm.answer_loss(questions, answers, prefix)
+        return self.lm.answer_loss(questions, answers, prefix, recompute_chunk=recompute_chunk)
 
     @torch.no_grad()
     def generate(self, questions: Sequence[str], memory: torch.Tensor, doc_mask: torch.Tensor | None = None,

@@ -183,6 +183,20 @@ def test_training_trains_the_encoder_amortizers_backbone_and_leaves_it_frozen_af
     assert frozen["trainable_parameters"] < with_grad["trainable_parameters"]
 
 
+def test_training_with_the_lms_activations_recomputed_allocates_less_at_its_peak(tmp_path):
+    """``--train-lm-recompute-chunk``: the same step, the frozen LM's activations recomputed a question at
+    a time in backward; the report says so and the step's peak tensor memory is lower."""
+    from mac_memory.bench import training
+    from mac_memory.bench.models import BenchContext
+
+    cfg = BenchConfig(**{**TINY, "train_reps": 1, "train_batch": 8}).resolve()
+    plain = training.run(BenchContext(cfg, "tiny", tmp_path / "plain"), "bpd_0.75")
+    chunked = training.run(BenchContext(BenchConfig(**{**cfg.to_dict(), "train_lm_recompute_chunk": 1}), "tiny",
+                                        tmp_path / "chunked"), "bpd_0.75")
+    assert plain["lm_recompute_chunk"] == 0 and chunked["lm_recompute_chunk"] == 1
+    assert 0 < chunked["peak_tensor_bytes"] < plain["peak_tensor_bytes"]
+
+
 def test_profiles_record_top_entries(bench):
     report, _ = bench
     profile = report["models"]["tiny"]["profile"]
@@ -393,7 +407,7 @@ def test_config_resolves_by_mode_and_validates():
     assert BenchConfig(quick=True, reps=7).resolve().reps == 7
     assert BenchConfig(quick=True).models is None  # resolve() returns a copy, never mutates
     for bad in ({"models": ("gpt5",)}, {"isolation": "thread"}, {"scale_sizes": (100, 10)},
-                {"train_dropouts": (1.0,)}, {"new_tokens": 0}):
+                {"train_dropouts": (1.0,)}, {"new_tokens": 0}, {"train_lm_recompute_chunk": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             BenchConfig(**bad)
 

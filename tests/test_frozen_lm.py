@@ -258,3 +258,51 @@ def test_answer_loss_of_a_model_that_cannot_skip_logits_is_the_same(lms, monkeyp
     monkeypatch.setattr(lm, "_skips_logits", False)
     torch.testing.assert_close(lm.answer_loss(questions, answers, _read(lm, CONTEXTS[:2])), sliced,
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_recomputed_answer_loss_gives_the_same_loss_and_prefix_gradients(lms, family, chunk):
+    """``recompute_chunk`` runs the LM a few questions at a time under activation checkpointing: the loss
+    and the prefix's gradients must be the ones of the plain forward (3 questions: chunks of unequal size)."""
+    lm = lms[family]
+    questions = ["Where is Paris?", "Who?", "What does memory of amortized contexts compress?"]
+    answers = ["France", "Kado Fen of Brindlecorp, an engineer", "documents"]
+    read = _read(lm, CONTEXTS)
+    results = []
+    for recompute in (0, chunk):
+        keys = read.keys.clone().requires_grad_(True)
+        values = read.values.clone().requires_grad_(True)
+        loss = lm.answer_loss(questions, answers, PrefixKV(keys, values, read.mask), recompute_chunk=recompute)
+        loss.backward()
+        results.append((loss.detach(), keys.grad, values.grad))
+    (expected, gk, gv), (loss, k, v) = results
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, gk, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(v, gv, atol=1e-6, rtol=1e-4)
+
+
+def test_recomputing_the_answer_loss_lowers_its_peak_memory(lms):
+    """What a user training on a large LM notices: the forward + backward of the answer loss allocates
+    less at its peak when the LM's activations are recomputed a chunk at a time."""
+    from mac_memory.bench.measure import tensor_peak
+
+    lm = lms["llama"]
+    questions = [f"What is the favourite colour of person number {i} in the city?" for i in range(8)]
+    answers = [f"a long answer about colour {i} and more words after it" for i in range(8)]
+    read = _read(lm, CONTEXTS[:1]).expand(8)
+
+    def step(chunk: int) -> None:
+        keys = read.keys.clone().requires_grad_(True)
+        values = read.values.clone().requires_grad_(True)
+        lm.answer_loss(questions, answers, PrefixKV(keys, values), recompute_chunk=chunk).backward()
+
+    plain, _ = tensor_peak(lambda: step(0), "cpu")
+    chunked, _ = tensor_peak(lambda: step(1), "cpu")
+    assert chunked < 0.6 * plain, (chunked, plain)
+
+
+def test_a_negative_recompute_chunk_is_refused(lms):
+    lm = lms["llama"]
+    with pytest.raises(ValueError, match="recompute_chunk"):
+        lm.answer_loss(["Who?"], ["Kado"], _read(lm, CONTEXTS[:1]), recompute_chunk=-1)

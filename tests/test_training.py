@@ -101,6 +101,19 @@ def test_backprop_dropout_keeps_gradients_for_the_requested_share(tiny_lm_dir):
     assert torch.allclose(memory.detach(), plain, atol=1e-6)  # dropout changes gradients, never values
 
 
+def test_recomputing_the_lms_activations_trains_the_same_networks(tiny_lm_dir, tmp_path):
+    """``--lm-recompute-chunk`` saves memory only: the same run gives the same loss curve (batch 8 in chunks
+    of 3, 3 and 2 questions) and networks that answer alike."""
+    runs = {chunk: train_mac(_meta_cfg(tiny_lm_dir, tmp_path / f"chunk{chunk}", steps=6, eval_every=6,
+                                       backprop_dropout=0.5, lm_recompute_chunk=chunk)) for chunk in (0, 3)}
+    curves = {chunk: [r["loss"] for r in _log(tmp_path / f"chunk{chunk}" / "log.jsonl")] for chunk in runs}
+    assert len(curves[0]) == 6
+    assert curves[3] == pytest.approx(curves[0], rel=1e-4, abs=1e-5)
+    a, b = (MACModel.from_pretrained(runs[c]) for c in (0, 3))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-3, msg=name)
+
+
 def test_cli_train_command(tiny_lm_dir, tmp_path):
     code = main(["train", "--base-lm", str(tiny_lm_dir), "--out", str(tmp_path / "cli"), "--world-entities", "40",
                  "--num-tokens", "4", "--d-mem", "32", "--agg-layers", "1", "--agg-heads", "4", "--window", "4",
@@ -117,6 +130,8 @@ def test_bad_training_options_are_refused():
         MetaTrainConfig(memory="everything")
     with pytest.raises(ConfigError, match="backprop_dropout"):
         MetaTrainConfig(backprop_dropout=1.0)
+    with pytest.raises(ConfigError, match="lm_recompute_chunk"):
+        MetaTrainConfig(lm_recompute_chunk=-2)
 
 
 def test_default_recipe_trains_both_rungs_and_packages_a_float16_copy_that_loads(tmp_path, monkeypatch):

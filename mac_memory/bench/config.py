@@ -113,6 +113,9 @@ class BenchConfig:
     setting backprop dropout is for). With the encoder frozen only the small heads after it keep
     activations, and dropout has next to nothing to save. No effect on the KV-anchored amortizer, whose
     reader is the frozen base LM itself."""
+    train_lm_recompute_chunk: int = 0
+    """Training benchmark: recompute the frozen LM's answer-loss activations in backward this many
+    questions at a time (``mac-memory train --lm-recompute-chunk``); 0 keeps them, as plain training does."""
     ft_batch_size: int = 4
     """Online fine-tuning baseline: documents per optimizer step."""
     ft_steps_per_doc: int = 1
@@ -161,7 +164,7 @@ class BenchConfig:
         for name in ("new_tokens", "mac_k", "ft_batch_size", "ft_steps_per_doc", "profile_top"):
             value = getattr(self, name)
             _check(_is_int(value) and value > 0, name, value, "must be a positive integer")
-        for name in ("warmup", "threads"):
+        for name in ("warmup", "threads", "train_lm_recompute_chunk"):
             value = getattr(self, name)
             _check(_is_int(value) and value >= 0, name, value, "must be an integer >= 0")
         _check(bool(self.doc_tokens) and all(_is_int(t) and t >= 8 for t in self.doc_tokens), "doc_tokens",

@@ -102,6 +102,11 @@ class MetaTrainConfig:
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm."""
+    lm_recompute_chunk: int = 0
+    """Recompute the frozen LM's answer-loss activations in backward, this many questions at a time,
+    instead of keeping the whole batch's (activation checkpointing; 0 = keep them). With a large base LM
+    those activations are most of a step's memory and backprop dropout cannot touch them; recomputing
+    costs one more forward of the LM and gives the same loss and gradients."""
     lm_dropout: bool = False
     """Keep the base LM's dropout on during training (the paper does; weights stay frozen)."""
     mixed_precision: str = "auto"
@@ -127,6 +132,10 @@ class MetaTrainConfig:
         if not 0.0 <= self.backprop_dropout < 1.0:
             raise ConfigError(f"MetaTrainConfig.backprop_dropout={self.backprop_dropout!r} is invalid: "
                               "must be in [0, 1) (at least one document needs gradients).")
+        if isinstance(self.lm_recompute_chunk, bool) or not isinstance(self.lm_recompute_chunk, int) \
+                or self.lm_recompute_chunk < 0:
+            raise ConfigError(f"MetaTrainConfig.lm_recompute_chunk={self.lm_recompute_chunk!r} is invalid: "
+                              "must be an integer >= 0 (0 keeps the LM's activations).")
         if self.batch_size < 1 or self.steps < 1 or self.grad_accum < 1:
             raise ConfigError("MetaTrainConfig.batch_size, steps and grad_accum must be positive integers.")
         if not 0.0 <= self.fresh_fraction <= 1.0:
@@ -154,17 +163,18 @@ class MetaTrainConfig:
 class MetaStep(nn.Module):
     """One training step as a module (so DDP sees a real ``forward``): documents + QA → loss."""
 
-    def __init__(self, mac: MACModel, backprop_dropout: float, memory: str) -> None:
+    def __init__(self, mac: MACModel, backprop_dropout: float, memory: str, recompute_chunk: int = 0) -> None:
         super().__init__()
         self.mac = mac
         self.backprop_dropout = backprop_dropout
         self.memory = memory
+        self.recompute_chunk = recompute_chunk
 
     def forward(self, documents: list[str], questions: list[str], answers: list[str]) -> torch.Tensor:
         memory = amortize_with_dropout(self.mac, documents, self.backprop_dropout if self.training else 0.0)
         if self.memory == "gold":
             memory = memory.unsqueeze(1)  # (B, 1, T, d): each question sees only its own document
-        return self.mac.loss(questions, answers, memory)
+        return self.mac.loss(questions, answers, memory, recompute_chunk=self.recompute_chunk)
 
 
 def amortize_with_dropout(mac: MACModel, documents: list[str], dropout: float) -> torch.Tensor:
@@ -277,7 +287,7 @@ def train_mac(cfg: MetaTrainConfig) -> Path:
     mac.train()
     lm.model.train(cfg.lm_dropout)  # dropout only; the weights stay frozen
     train_docs, val_docs = _load_splits(cfg)
-    step_module = MetaStep(mac, cfg.backprop_dropout, cfg.memory)
+    step_module = MetaStep(mac, cfg.backprop_dropout, cfg.memory, cfg.lm_recompute_chunk)
     params = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
