@@ -35,7 +35,7 @@ def test_it_loads_as_a_causal_lm_with_the_encoders_geometry(decoder):
 def test_answer_loss_scores_the_answer_and_the_end_of_text_only(decoder):
     """A prompt's tokens must be a prefix of prompt + answer (no [SEP] appended to the prompt), else the
     answer's first token would be masked as prompt."""
-    ids, mask, labels = decoder.qa_batch(["Where is Paris?", "Who wrote it?"], ["France", "Victor Hugo"])
+    labels = decoder.qa_batch(["Where is Paris?", "Who wrote it?"], ["France", "Victor Hugo"])[2]
     tok = decoder.tokenizer
     scored = [tok.convert_ids_to_tokens(row[row != -100].tolist()) for row in labels]
     assert scored == [["france", "[SEP]"], ["victor", "hugo", "[SEP]"]]
