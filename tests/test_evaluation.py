@@ -171,6 +171,24 @@ def test_mac_gold_aggregates_exactly_the_gold_document(mac, docs, monkeypatch):
     assert answered == sum(len(d.qas) for d in docs)
 
 
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_codec_answers_from_the_memory_tokens_as_macmemory_stores_them(mac, docs, monkeypatch, codec):
+    """``codec``: mac_gold aggregates each gold document's tokens after the storage round trip — the
+    codec's rounding, no more (float16: the tokens cast to half; int8: within half a step per token)."""
+    from mac_memory.memory.codec import decode_modulation, encode_modulation
+
+    calls = _spy(monkeypatch, mac, "generate")
+    evaluate(EvalConfig(**FAST, methods=("mac_gold",), codec=codec), mac=mac, documents=docs)
+    raw = mac.amortize([d.context for d in docs])
+    for args, _, _ in calls:
+        for q, row in zip(args[0], args[1][:, 0], strict=True):
+            doc = next(i for i, d in enumerate(docs) if any(qa.question == q for qa in d.qas))
+            stored = torch.from_numpy(decode_modulation(encode_modulation(raw[doc], codec)))
+            torch.testing.assert_close(row, stored, atol=1e-5, rtol=1e-5)
+            assert codec != "float16" or torch.equal(row, raw[doc].half().float())
+            assert not torch.equal(row, raw[doc])  # the round trip really happened
+
+
 def test_mac_retrieves_the_gold_document(mac, docs, monkeypatch):
     calls = _spy(monkeypatch, mac, "generate")
     report = evaluate(
@@ -328,6 +346,8 @@ def test_config_validation_names_the_field():
         EvalConfig(retention_factors=(0,))
     with pytest.raises(ConfigError, match="k="):
         EvalConfig(k=0)
+    with pytest.raises(ConfigError, match="codec"):
+        EvalConfig(codec="float8")
     assert EvalConfig(methods=["mac"]).methods == ("mac",)
 
 

@@ -106,6 +106,10 @@ class EvalConfig:
     """synthetic:<split> data: seed of the synthetic world (as in training)."""
     world_entities: int = 4000
     """synthetic:<split> data: entities in the synthetic world (as in training)."""
+    codec: str | None = None
+    """Read every document's memory tokens back through the storage codec MACMemory keeps them in
+    (``float16``, its default; ``int8``; ``float32``) before answering, as a deployed memory would; None =
+    the amortizer's float32 output as is (uncompressed)."""
     out: str | None = "runs/eval/report.json"
     """Report path (JSON); report.md and report.png are written next to it. None = write nothing."""
     device: str | None = None
@@ -154,6 +158,12 @@ class EvalConfig:
                 f"EvalConfig.retention_factors={self.retention_factors!r} is invalid: "
                 "give one or more positive integers."
             )
+        if self.codec is not None:
+            from ..memory.codec import CODECS
+
+            if self.codec not in CODECS:
+                raise ConfigError(f"EvalConfig.codec={self.codec!r} is invalid: choose from {sorted(CODECS)} "
+                                  "(or leave it unset for uncompressed memory tokens).")
         if not (isinstance(self.ft_lr, (int, float)) and self.ft_lr > 0):
             raise ConfigError(f"EvalConfig.ft_lr={self.ft_lr!r} is invalid: must be > 0.")
         if not isinstance(self.data, str) or not self.data.strip():
@@ -349,6 +359,8 @@ class _Protocol:
                 for i in tqdm(range(0, len(self.docs), bs), desc="amortize", unit="batch", leave=False):
                     parts.append(self.mac.amortize([d.context for d in self.docs[i : i + bs]]))
             self._memory = torch.cat(parts)
+            if self.config.codec is not None:
+                self._memory = stored_and_read_back(self._memory, self.config.codec)
             self.amortize_seconds = time.perf_counter() - start
             logger.info(
                 "Amortized %d documents into %s in %.1f s",
@@ -681,3 +693,16 @@ def evaluate(
 
         write_report(report, config.out)
     return report
+
+
+def stored_and_read_back(memory: Any, codec: str) -> Any:
+    """``(N, T, d)`` memory tokens after the storage round trip MACMemory gives each document's modulation
+    (:func:`~mac_memory.memory.codec.encode_modulation`, then decode): what a deployed memory answers from."""
+    import numpy as np
+    import torch
+
+    from ..memory.codec import decode_modulation, encode_modulation
+
+    rows = [decode_modulation(encode_modulation(row, codec)) for row in memory.detach().cpu()]
+    return torch.from_numpy(np.stack(rows)).to(memory.device, memory.dtype)
+
