@@ -221,30 +221,36 @@ def test_prefix_gradients_reach_prefix_not_lm(lms):
     assert all(p.grad is None and not p.requires_grad for p in lm.model.parameters())
 
 
+LOSS_QUESTIONS = ["Where is Paris?", "Who?", "What does memory of amortized contexts compress?"]
+LOSS_ANSWERS = ["France", "Kado Fen of Brindlecorp, an engineer", "documents"]  # unequal lengths
+
+
+def _loss_and_prefix_grads(read: PrefixKV, loss_fn) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``loss_fn(prefix)`` under a fresh copy of ``read`` that needs gradients: loss and the prefix's grads."""
+    keys = read.keys.clone().requires_grad_(True)
+    values = read.values.clone().requires_grad_(True)
+    loss = loss_fn(PrefixKV(keys, values, read.mask))
+    loss.backward()
+    return loss.detach(), keys.grad, values.grad
+
+
+def _assert_same_loss_and_prefix_grads(expected: tuple, got: tuple) -> None:
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(got[2], expected[2], atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", CAUSAL)
 def test_answer_loss_equals_the_models_own_loss_over_all_logits(lms, family):
     """MAC's training loss projects only the answer positions onto the vocabulary; value and prefix
     gradients must equal the model's own loss over every position's logits (answers of unequal length)."""
     lm = lms[family]
-    questions = ["Where is Paris?", "Who?", "What does memory of amortized contexts compress?"]
-    answers = ["France", "Kado Fen of Brindlecorp, an engineer", "documents"]
+    questions, answers = LOSS_QUESTIONS, LOSS_ANSWERS
     read = _read(lm, CONTEXTS)
-    results = []
-    for own in (False, True):
-        keys = read.keys.clone().requires_grad_(True)
-        values = read.values.clone().requires_grad_(True)
-        prefix = PrefixKV(keys, values, read.mask)
-        if own:
-            loss = lm.answer_loss(questions, answers, prefix)
-        else:
-            ids, mask, labels = lm.qa_batch(questions, answers)
-            loss = lm.forward(ids, mask, prefix=prefix, labels=labels).loss
-        loss.backward()
-        results.append((loss.detach(), keys.grad, values.grad))
-    (expected, gk, gv), (loss, k, v) = results
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(k, gk, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(v, gv, atol=1e-6, rtol=1e-4)
+    ids, mask, labels = lm.qa_batch(questions, answers)
+    _assert_same_loss_and_prefix_grads(
+        _loss_and_prefix_grads(read, lambda prefix: lm.forward(ids, mask, prefix=prefix, labels=labels).loss),
+        _loss_and_prefix_grads(read, lambda prefix: lm.answer_loss(questions, answers, prefix)))
     assert float(lm.answer_loss(questions, answers)) == pytest.approx(
         float(lm.forward(*lm.qa_batch(questions, answers)[:2], labels=lm.qa_batch(questions, answers)[2]).loss),
         abs=1e-5)
@@ -266,20 +272,11 @@ def test_recomputed_answer_loss_gives_the_same_loss_and_prefix_gradients(lms, fa
     """``recompute_chunk`` runs the LM a few questions at a time under activation checkpointing: the loss
     and the prefix's gradients must be the ones of the plain forward (3 questions: chunks of unequal size)."""
     lm = lms[family]
-    questions = ["Where is Paris?", "Who?", "What does memory of amortized contexts compress?"]
-    answers = ["France", "Kado Fen of Brindlecorp, an engineer", "documents"]
     read = _read(lm, CONTEXTS)
-    results = []
-    for recompute in (0, chunk):
-        keys = read.keys.clone().requires_grad_(True)
-        values = read.values.clone().requires_grad_(True)
-        loss = lm.answer_loss(questions, answers, PrefixKV(keys, values, read.mask), recompute_chunk=recompute)
-        loss.backward()
-        results.append((loss.detach(), keys.grad, values.grad))
-    (expected, gk, gv), (loss, k, v) = results
-    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(k, gk, atol=1e-6, rtol=1e-4)
-    torch.testing.assert_close(v, gv, atol=1e-6, rtol=1e-4)
+    _assert_same_loss_and_prefix_grads(*(
+        _loss_and_prefix_grads(read, lambda prefix, n=n: lm.answer_loss(LOSS_QUESTIONS, LOSS_ANSWERS, prefix,
+                                                                        recompute_chunk=n))
+        for n in (0, chunk)))
 
 
 def test_recomputing_the_answer_loss_lowers_its_peak_memory(lms):

@@ -705,4 +705,3 @@ def stored_and_read_back(memory: Any, codec: str) -> Any:
 
     rows = [decode_modulation(encode_modulation(row, codec)) for row in memory.detach().cpu()]
     return torch.from_numpy(np.stack(rows)).to(memory.device, memory.dtype)
-

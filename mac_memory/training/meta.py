@@ -105,7 +105,7 @@ class MetaTrainConfig:
     lm_recompute_chunk: int = 0
     """Recompute the frozen LM's answer-loss activations in backward, this many questions at a time,
     instead of keeping the whole batch's (activation checkpointing; 0 = keep them). With a large base LM
-    those activations are most of a step's memory and backprop dropout cannot touch them; recomputing
+    those activations are a large share of a step's memory and backprop dropout cannot touch them; recomputing
     costs one more forward of the LM and gives the same loss and gradients."""
     lm_dropout: bool = False
     """Keep the base LM's dropout on during training (the paper does; weights stay frozen)."""
