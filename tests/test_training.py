@@ -231,6 +231,67 @@ def test_own_training_file_reads_its_own_documents(tmp_path):
         next(example_stream(cfg, [Document("e", "No questions here.", ())], fresh_seed=0))
 
 
+def test_reading_examples_too_long_for_max_length_keep_their_answers_instead_of_losing_them():
+    """A reading example longer than max_length used to be cut at the end, answers and all: now its last
+    questions go first, then the document is cut to whole sentences around the answer; what fits stays."""
+    from mac_memory.data import Document
+    from mac_memory.data.stream import QA
+    from mac_memory.errors import DataFormatError
+    from mac_memory.prompts import format_with_documents
+    from mac_memory.tiny_models import build_tokenizer
+    from mac_memory.training.base_lm import _batch, example_stream
+
+    tokenizer = build_tokenizer()
+    filler = [f"Report {k} says the rain in the valley was heavier than the year before." for k in range(10)]
+    docs = [Document(f"d{i}", " ".join([*filler[:5], f"The tower of Lumen {i} is {100 + i} metres tall.", *filler[5:],
+                                        f"Its architect was Ada Vell {i}."]),
+                     (QA(f"h{i}", f"How tall is the tower of Lumen {i}?", (f"{100 + i} metres",)),
+                      QA(f"a{i}", f"Who designed the tower of Lumen {i}?", (f"Ada Vell {i}",))))
+            for i in range(4)]
+    max_length = 64
+
+    def length(text: str) -> int:
+        return len(tokenizer(text + tokenizer.eos_token)["input_ids"])
+
+    assert all(length(d.context) > max_length for d in docs)  # the whole document alone is too long
+    cfg = BaseTrainConfig(train_file="mine.jsonl", reading_fraction=1.0, qa_fraction=0.0, reading_questions=2,
+                          max_length=max_length)
+    stream = example_stream(cfg, docs, fresh_seed=0, fits=lambda t: length(t) <= max_length)
+    for text, answers in (next(stream) for _ in range(12)):
+        context = text.split("\n\nQuestion:")[0]
+        doc = next(d for d in docs if context in d.context)  # a run of the document's own sentences
+        assert answers and all(f"Answer: {a}" in text for a in answers)
+        assert answers[0] in context and context.endswith(".") and length(context) < length(doc.context)
+        ids, mask, weights = _batch(tokenizer, [(text, answers)], max_length, answer_weight=4.0)
+        assert int(mask.sum()) == length(text) <= max_length  # nothing truncated...
+        assert ids[0, int(mask.sum()) - 1] == tokenizer.eos_token_id and (weights == 4.0).sum() > 0  # answers weighted
+
+    # A document that fits with one question but not with two keeps the whole document and one question.
+    medium = [Document("m", " ".join([*filler[:2], "The tower of Lumen is 120 metres tall.", "Its architect was Ada Vell."]),
+                       (QA("h", "How tall is the tower of Lumen?", ("120 metres",)),
+                        QA("a", "Who designed the tower of Lumen?", ("Ada Vell",))))]
+    one = max(length(format_with_documents([medium[0].context], qa.question) + " " + qa.answers[0])
+              for qa in medium[0].qas)
+    cfg = BaseTrainConfig(train_file="mine.jsonl", reading_fraction=1.0, qa_fraction=0.0, reading_questions=2,
+                          max_length=one)
+    unchecked = [next(stream) for stream in [example_stream(cfg, medium, 0)] for _ in range(12)]
+    assert any(length(text) > one for text, _ in unchecked)  # these would have been truncated
+    checked = [next(stream) for stream in [example_stream(cfg, medium, 0, fits=lambda t: length(t) <= one)]
+               for _ in range(12)]
+    assert all(text.startswith(medium[0].context + "\n\n") and len(answers) == 1 for text, answers in checked)
+
+    # Examples that fit are exactly what they were without the check (the embedded default's stream).
+    short = [Document(f"s{i}", f"The tower of Lumen {i} is {100 + i} metres tall.", docs[i].qas[:1]) for i in range(4)]
+    roomy = BaseTrainConfig(train_file="mine.jsonl", reading_fraction=1.0, qa_fraction=0.0, max_length=512)
+    plain, checked = example_stream(roomy, short, 0), example_stream(roomy, short, 0, fits=lambda t: length(t) <= 512)
+    assert [next(plain) for _ in range(8)] == [next(checked) for _ in range(8)]
+
+    # Not even the answer's sentence with its question fits: a clear error instead of endless skipping.
+    with pytest.raises(DataFormatError, match="max_length=8"):
+        next(example_stream(BaseTrainConfig(train_file="mine.jsonl", reading_fraction=1.0, qa_fraction=0.0,
+                                            max_length=8), docs, 0, fits=lambda t: length(t) <= 8))
+
+
 def test_number_tokens_make_each_number_one_token_starting_from_its_old_pieces():
     from transformers import AutoConfig, AutoModelForCausalLM
 

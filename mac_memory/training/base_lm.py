@@ -130,29 +130,71 @@ def _shortened(context: str, answers: list[str], keep_others: float, rng: random
     return " ".join(s for i, s in enumerate(sentences) if needed[i] or i in kept)
 
 
-def _reading_text(doc: Document, rng: random.Random, most: int = 4, keep_others: float = 1.0
-                  ) -> tuple[str, list[str]]:
+def _reading_text(doc: Document, rng: random.Random, most: int = 4, keep_others: float = 1.0,
+                  fits: Callable[[str], bool] | None = None) -> tuple[str, list[str]] | None:
     """Document, then 1..``most`` of its questions each followed by its answer; returns text and answers.
 
     ``keep_others`` below 1 drops that share of the sentences that answer none of the chosen questions.
+    ``fits`` (text → whether it fits the example length): a text too long for it would lose answers to
+    truncation, so the last questions go first (as many as fit after the whole document); if not even
+    the first one fits, the document is cut to whole sentences around that question's answer; None
+    when even that does not fit.
     """
     qas = rng.sample(list(doc.qas), k=min(len(doc.qas), rng.randint(1, most)))
-    first = qas[0]
     context = doc.context
     if keep_others < 1.0:
         context = _shortened(context, [qa.answers[0] for qa in qas], keep_others, rng)
-    text = format_with_documents([context], first.question) + " " + first.answers[0]
-    for qa in qas[1:]:
-        text += "\n" + format_qa(qa.question, qa.answers[0])
-    return text, [qa.answers[0] for qa in qas]
+
+    def compose(context: str, qas: list) -> str:
+        text = format_with_documents([context], qas[0].question) + " " + qas[0].answers[0]
+        for qa in qas[1:]:
+            text += "\n" + format_qa(qa.question, qa.answers[0])
+        return text
+
+    if fits is None:
+        return compose(context, qas), [qa.answers[0] for qa in qas]
+    for n in range(len(qas), 0, -1):
+        text = compose(context, qas[:n])
+        if fits(text):
+            return text, [qa.answers[0] for qa in qas[:n]]
+    first = qas[:1]
+    fitted = _fitted(context, first[0].answers[0], lambda c: fits(compose(c, first)))
+    return None if fitted is None else (compose(fitted, first), [first[0].answers[0]])
+
+
+def _fitted(context: str, answer: str, fits: Callable[[str], bool]) -> str | None:
+    """``context`` cut to a run of whole sentences that holds ``answer`` and ``fits``; None if none does.
+
+    Sentences go one at a time from whichever end has more of them outside the answer's sentence, so
+    the answer keeps as much of its surroundings as the length allows; the answer's first sentence is
+    tried first, then any later one that also holds it.
+    """
+    sentences = _SENTENCE_END.split(context.strip())
+    for held in (i for i, sentence in enumerate(sentences) if answer in sentence):
+        lo, hi = 0, len(sentences)  # the kept run is sentences[lo:hi]
+        while True:
+            kept = " ".join(sentences[lo:hi])
+            if fits(kept):
+                return kept
+            before, after = held - lo, hi - 1 - held
+            if before == after == 0:
+                break
+            if before >= after:
+                lo += 1
+            else:
+                hi -= 1
+    return None  # the answer is in no single sentence, or no sentence of it fits
 
 
 def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int,
-                   progress: Callable[[], float] = lambda: 1.0) -> Iterator[tuple[str, list[str]]]:
+                   progress: Callable[[], float] = lambda: 1.0,
+                   fits: Callable[[str], bool] | None = None) -> Iterator[tuple[str, list[str]]]:
     """Endless mixture of (text, answers): reading examples on fresh entities, closed-book QA, documents.
 
     ``progress()`` (0..1) is how far the reading curriculum has got: the share of non-answer sentences
-    reading documents keep.
+    reading documents keep. ``fits`` (text → whether it fits ``max_length``): reading examples too long
+    for it are cut down around their answers (:func:`_reading_text`) instead of losing them to
+    truncation; documents that cannot be cut to fit are passed over.
     """
     rng = random.Random(cfg.seed)
     fresh = iter_documents(seed=fresh_seed) if cfg.train_file is None else None
@@ -163,8 +205,16 @@ def example_stream(cfg: BaseTrainConfig, world: list[Document], fresh_seed: int,
     while True:
         r = rng.random()
         if r < cfg.reading_fraction:
-            doc = next(fresh) if fresh is not None else rng.choice(readable)
-            yield _reading_text(doc, rng, cfg.reading_questions, min(1.0, progress()))
+            for _ in range(1000):
+                doc = next(fresh) if fresh is not None else rng.choice(readable)
+                example = _reading_text(doc, rng, cfg.reading_questions, min(1.0, progress()), fits)
+                if example is not None:
+                    yield example
+                    break
+            else:
+                raise DataFormatError(f"1,000 documents in a row do not fit max_length={cfg.max_length} tokens "
+                                      "with a question and its answer, even cut to the sentence that answers it; "
+                                      "raise --max-length.")
         elif r < cfg.reading_fraction + cfg.qa_fraction:
             q, a = rng.choice(qa_pairs)
             yield format_qa(q, a), [a]
@@ -224,7 +274,8 @@ def _build_from_scratch(cfg: BaseTrainConfig, world: list[Document]):
 
     rng = random.Random(cfg.seed + 1)
     corpus = [d.context for d in world] + [format_qa(qa.question, qa.answers[0]) for d in world for qa in d.qas]
-    corpus += [_reading_text(d, rng)[0] for d in itertools.islice(iter_documents(seed=10_000 + cfg.seed), 3000)]
+    corpus += [text for d in itertools.islice(iter_documents(seed=10_000 + cfg.seed), 3000)
+               for text, _ in [_reading_text(d, rng)]]
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     config = AutoConfig.for_model(
         "llama", vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=3 * cfg.hidden_size,
@@ -349,8 +400,13 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
     # Fresh entities differ per resume so a restarted run never replays the same reading examples.
     current = [start_step]
+
+    def fits(text: str) -> bool:  # as _batch will tokenize it: the text and its end-of-sequence token
+        return len(tokenizer(text + tokenizer.eos_token)["input_ids"]) <= cfg.max_length
+
     stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step,
-                            progress=lambda: current[0] / cfg.curriculum_steps if cfg.curriculum_steps else 1.0)
+                            progress=lambda: current[0] / cfg.curriculum_steps if cfg.curriculum_steps else 1.0,
+                            fits=fits)
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-base")
     tokens_seen, t0 = 0, time.time()
