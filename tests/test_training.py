@@ -292,6 +292,19 @@ def test_reading_examples_too_long_for_max_length_keep_their_answers_instead_of_
                                             max_length=8), docs, 0, fits=lambda t: length(t) <= 8))
 
 
+def test_curriculum_keeps_the_sentences_that_answer_whatever_characters_the_answer_has():
+    """The reading curriculum drops sentences that answer nothing; an answer like "$200" (no word boundary
+    before "$") or one inside a longer number must not fool it."""
+    import random
+
+    from mac_memory.training.base_lm import _shortened
+
+    context = "The first units cost $200 each. Rain fell. Sales reached 1200 units. The mayor waved."
+    for seed in range(5):
+        assert _shortened(context, ["$200"], 0.0, random.Random(seed)) == "The first units cost $200 each."
+        assert _shortened(context, ["120"], 0.0, random.Random(seed)) == ""  # "120" is not in "1200"
+
+
 def test_number_tokens_make_each_number_one_token_starting_from_its_old_pieces():
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -121,10 +121,15 @@ def _training_world(cfg: BaseTrainConfig) -> list[Document]:
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def _mentions(sentence: str, answer: str) -> bool:
+    """Whether ``answer`` occurs in ``sentence`` as whole words ("12" is not in "120"; "$5" is in "a $5 fee")."""
+    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", sentence) is not None
+
+
 def _shortened(context: str, answers: list[str], keep_others: float, rng: random.Random) -> str:
     """``context`` with every sentence holding an answer and a ``keep_others`` share of the rest, in order."""
     sentences = _SENTENCE_END.split(context.strip())
-    needed = [any(re.search(rf"\b{re.escape(a)}\b", s) for a in answers) for s in sentences]
+    needed = [any(_mentions(s, a) for a in answers) for s in sentences]
     others = [i for i, n in enumerate(needed) if not n]
     kept = set(rng.sample(others, k=round(keep_others * len(others))))
     return " ".join(s for i, s in enumerate(sentences) if needed[i] or i in kept)
@@ -170,7 +175,7 @@ def _fitted(context: str, answer: str, fits: Callable[[str], bool]) -> str | Non
     tried first, then any later one that also holds it.
     """
     sentences = _SENTENCE_END.split(context.strip())
-    for held in (i for i, sentence in enumerate(sentences) if answer in sentence):
+    for held in (i for i, sentence in enumerate(sentences) if _mentions(sentence, answer)):
         lo, hi = 0, len(sentences)  # the kept run is sentences[lo:hi]
         while True:
             kept = " ".join(sentences[lo:hi])
