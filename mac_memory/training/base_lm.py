@@ -314,6 +314,11 @@ def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, an
     return enc["input_ids"], enc["attention_mask"], weights
 
 
+def _fits_untruncated(tokenizer, max_length: int) -> Callable[[str], bool]:
+    """Whether an example's text reaches :func:`_batch` whole: counted as it encodes it (text + end token)."""
+    return lambda text: len(tokenizer(text + tokenizer.eos_token)["input_ids"]) <= max_length
+
+
 def weighted_lm_loss(model, input_ids, attention_mask, weights) -> torch.Tensor:
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # right for either padding side
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
@@ -405,13 +410,9 @@ def train_base(cfg: BaseTrainConfig) -> Path:
 
     # Fresh entities differ per resume so a restarted run never replays the same reading examples.
     current = [start_step]
-
-    def fits(text: str) -> bool:  # as _batch will tokenize it: the text and its end-of-sequence token
-        return len(tokenizer(text + tokenizer.eos_token)["input_ids"]) <= cfg.max_length
-
     stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step,
                             progress=lambda: current[0] / cfg.curriculum_steps if cfg.curriculum_steps else 1.0,
-                            fits=fits)
+                            fits=_fits_untruncated(tokenizer, cfg.max_length))
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-base")
     tokens_seen, t0 = 0, time.time()
