@@ -146,7 +146,8 @@ def load_checkpoint(cls: type[MACModel], path: Path, *, lm: FrozenLM | str | Non
         raise CheckpointError(f"Checkpoint {path} has an invalid {CONFIG_FILE}: {exc}") from exc
     if not isinstance(lm, FrozenLM):
         b = config.base_lm
-        lm = FrozenLM.from_pretrained(lm or resolve_base_lm(config, manifest, path), dtype=b.dtype, revision=b.revision, device=device)
+        lm = FrozenLM.from_pretrained(lm or resolve_base_lm(config, manifest, path), dtype=b.dtype, revision=b.revision,
+                                     gguf_file=None if lm else b.gguf_file, device=device)
     lm.check_identity(manifest["base_lm"], what=f"Checkpoint {path}")
 
     backbone = tokenizer = None

@@ -83,7 +83,10 @@ class BaseLMConfig(_Section):
     _section: ClassVar[str] = "base_lm"
 
     name_or_path: str
-    """Hub name (e.g. ``gpt2``, ``Qwen/Qwen2.5-0.5B``) or local directory of the base LM."""
+    """Hub name (e.g. ``gpt2``, ``Qwen/Qwen2.5-0.5B``), local directory, ``.gguf`` file, peft adapter
+    directory, or bundled short name (``smollm2-135m-instruct``, ``smollm2-135m-instruct-qa``) of the base LM."""
+    gguf_file: str | None = None
+    """A GGUF file inside ``name_or_path`` (a directory or hub repository) to load the weights from."""
     dtype: str = "float32"
     """Weights dtype: float32, bfloat16 or float16."""
     revision: str | None = None

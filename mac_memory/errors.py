@@ -32,6 +32,11 @@ class BaseModelMismatchError(MACError, ValueError):
     """A checkpoint or stored modulation belongs to a different base LM or checkpoint than the one in use."""
 
 
+class BaseModelLoadError(MACError, OSError):
+    """A base LM's files cannot be loaded (missing, truncated or foreign file, unsupported architecture);
+    the message names the file and the fix."""
+
+
 class MissingDependencyError(MACError, ImportError):
     """An optional dependency is not installed; the message gives the exact ``pip install`` command."""
 

@@ -30,7 +30,7 @@ import torch
 import torch.utils.checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import BaseModelMismatchError, check_texts
+from .errors import BaseModelLoadError, BaseModelMismatchError, MissingDependencyError, check_texts
 from .prefix import PrefixKV, prefixed_mask, prefixed_positions
 from .prompts import clean_answer, format_qa, format_question
 
@@ -81,6 +81,9 @@ class FrozenLM:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         self.name_or_path = name_or_path or getattr(model.config, "_name_or_path", "") or "<in-memory>"
+        self.source: Any = None  # the files it was loaded from (a BaseLMSource), when from_pretrained loaded it
+        self._weights_source: dict[str, Any] | None = None
+        self._provenance: dict[str, Any] = {}  # what from_pretrained already measured (a GGUF file's sha256)
         self.layout = self._checked_layout()
         # Reading a document wants its key/values only: skip the vocabulary projection of its tokens
         # where the model allows it (a third of GPT-2-small's compute on a 150-token document).
@@ -89,13 +92,46 @@ class FrozenLM:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str = "float32", device: str | None = None,
-                        revision: str | None = None, **model_kwargs: Any) -> FrozenLM:
-        """Load a causal LM and its tokenizer by hub name or local path, then freeze it."""
-        name = str(name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=_DTYPES[dtype], **model_kwargs)
+                        revision: str | None = None, gguf_file: str | None = None,
+                        adapter: str | Path | None = None, **model_kwargs: Any) -> FrozenLM:
+        """Load a causal LM and its tokenizer, merge an adapter if one is given, then freeze it.
+
+        ``name_or_path`` is a hub name, a local directory, a ``.gguf`` file (or a directory with
+        ``gguf_file=``), a peft adapter directory, or a bundled short name such as
+        ``"smollm2-135m-instruct"`` (see :mod:`mac_memory.base_lms`). ``adapter`` merges a peft adapter
+        (e.g. LoRA) into the weights before they are frozen.
+        """
+        from .base_lms import resolve_base_lm
+
+        source = resolve_base_lm(name_or_path, gguf_file=gguf_file, adapter=adapter)
+        path, loading, provenance = source.path, {"revision": revision}, {}
+        if source.gguf_file is not None:
+            if source.gguf_path.is_file():  # a local file: load its cached, converted copy
+                from .base_lms import converted_gguf, file_sha256
+
+                sha = file_sha256(source.gguf_path)
+                path, provenance = str(converted_gguf(source.gguf_path, sha)), {"gguf_sha256": sha}
+            else:  # a file in a hub repository
+                loading["gguf_file"] = source.gguf_file
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **loading)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], **loading, **model_kwargs)
+        except (ValueError, KeyError) as exc:  # transformers' word for "this architecture/file is not mine"
+            raise BaseModelLoadError(
+                f"transformers cannot load {name_or_path!r} as a causal LM ({exc}). Check the name or path; a "
+                "GGUF file must hold an architecture transformers can dequantize (llama, qwen2, mistral, "
+                "gpt2, ...); upgrading transformers may add support.") from exc
+        if "gguf_file" in loading:
+            from .base_lms import plain_model
+
+            model = plain_model(model)
+        if source.adapter is not None:
+            model = _merged(model, source.adapter)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(model.to(device), tokenizer, name)
+        lm = cls(model.to(device), tokenizer, str(name_or_path))
+        lm.source = source
+        lm._provenance = provenance
+        return lm
 
     # ------------------------------------------------------------------ properties
     @property
@@ -135,7 +171,22 @@ class FrozenLM:
             "config_sha256": hashlib.sha256(config_json.encode()).hexdigest(),
             "config": json.loads(config_json),
             "weights_signature": weight_signature(self.model),
+            "weights_source": self.weights_source(),
         }
+
+    def weights_source(self) -> dict[str, Any]:
+        """Which files the weights came from, beyond what the weight signature samples: the format (a
+        dequantized GGUF is not the full-precision model of the same name) and any merged adapter."""
+        if self._weights_source is None:
+            source = self.source
+            found: dict[str, Any] = {"format": "transformers", "adapter_sha256": None}
+            if source is not None and source.gguf_file is not None:
+                sha = self._provenance.get("gguf_sha256") or _file_sha256(source.gguf_path)
+                found.update(format="gguf", gguf_file=source.gguf_file, gguf_sha256=sha)
+            if source is not None and source.adapter is not None:
+                found["adapter_sha256"] = _file_sha256(Path(source.adapter) / "adapter_model.safetensors")
+            self._weights_source = found
+        return self._weights_source
 
     def check_identity(self, recorded: dict[str, Any], what: str = "This checkpoint") -> None:
         """Raise :class:`BaseModelMismatchError` unless ``recorded`` describes this very LM."""
@@ -149,7 +200,28 @@ class FrozenLM:
                 f"{self.name_or_path!r} has a different config ({shown}). Load the base LM it was trained "
                 "for, or train/reindex for this one."
             )
-        if not signatures_match(recorded.get("weights_signature", {}), mine["weights_signature"]):
+        theirs_sig, mine_sig = recorded.get("weights_signature", {}), mine["weights_signature"]
+        if isinstance(theirs_sig, dict) and theirs_sig.get("sha256_bf16") == mine_sig["sha256_bf16"]:
+            return  # the very same weights, whatever files they were read from
+        # Different bytes. Where they came from says why, and rules out a near match that the tolerant
+        # comparison below (meant for float16 loads of the same weights) could accept: a merged LoRA
+        # adapter or a 4-bit quantization moves weights by little, but answers change.
+        theirs_src = recorded.get("weights_source") or {"format": "transformers", "adapter_sha256": None}
+        mine_src = mine["weights_source"]
+        if theirs_src.get("adapter_sha256") != mine_src["adapter_sha256"]:
+            theirs_has, mine_has = bool(theirs_src.get("adapter_sha256")), bool(mine_src["adapter_sha256"])
+            have = "a different adapter" if theirs_has and mine_has else "an adapter" if mine_has else "no adapter"
+            raise BaseModelMismatchError(
+                f"{what} was made for base LM {recorded.get('name_or_path')!r} with "
+                f"{'an adapter' if theirs_has else 'no adapter'} merged in; {self.name_or_path!r} has {have} "
+                "merged in. Load the base LM (and adapter) it was trained for.")
+        if theirs_src.get("format") != mine_src["format"] or theirs_src.get("gguf_sha256") != mine_src.get("gguf_sha256"):
+            raise BaseModelMismatchError(
+                f"{what} was made for base LM {recorded.get('name_or_path')!r} loaded from "
+                f"{_describe_source(theirs_src)}, but {self.name_or_path!r} was loaded from "
+                f"{_describe_source(mine_src)}, with other weights (quantized and full-precision weights "
+                "answer differently). Load the base LM it was trained for.")
+        if not signatures_match(theirs_sig, mine_sig):
             raise BaseModelMismatchError(
                 f"{what} was made for base LM {recorded.get('name_or_path')!r}; {self.name_or_path!r} has "
                 "the same architecture but different weights. Load the base LM it was trained for."
@@ -303,6 +375,36 @@ class FrozenLM:
         return [clean_answer(t) for t in texts]
 
 
+def _file_sha256(path: Path | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None  # e.g. a GGUF file named in a hub repository: transformers keeps it in its own cache
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe_source(source: dict[str, Any]) -> str:
+    if source.get("format") == "gguf":
+        return f"the GGUF file {source.get('gguf_file')} (dequantized)"
+    return "full-precision transformers weights"
+
+
+def _merged(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
+    """``model`` with the peft adapter at ``adapter`` merged into its weights (then an ordinary model)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise MissingDependencyError("Merging an adapter needs peft: pip install 'mac-memory[train]' "
+                                     "(or pip install peft)") from None
+    try:
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise BaseModelLoadError(f"Cannot merge the adapter {adapter} into this base LM ({exc}); it was made "
+                                 "for another base LM, or its files are damaged.") from exc
+
+
 def weight_signature(model: torch.nn.Module, n: int = 16, per_tensor: int = 8) -> dict[str, Any]:
     """A fingerprint of the weights: an exact hash and a few values, cheap even for billion-parameter LMs.
 
@@ -318,7 +420,9 @@ def weight_signature(model: torch.nn.Module, n: int = 16, per_tensor: int = 8) -
         flat = p.detach().reshape(-1)
         digest.update(f"{name}{tuple(p.shape)}".encode())
         digest.update(flat.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
-        idx = torch.linspace(0, flat.numel() - 1, steps=min(per_tensor, flat.numel())).long()
+        # Integer arithmetic: float32 positions (torch.linspace) round past the last index beyond 2**24.
+        count = min(per_tensor, flat.numel())
+        idx = torch.tensor([i * (flat.numel() - 1) // max(count - 1, 1) for i in range(count)])
         values += [float(v) for v in flat[idx.to(flat.device)].double().cpu()]
     return {"sha256_bf16": digest.hexdigest(), "values": values}
 

@@ -175,7 +175,7 @@ class MACModel(nn.Module):
         """A fresh (untrained) model; loads ``config.base_lm`` when ``lm`` is not given."""
         if lm is None:
             b: BaseLMConfig = config.base_lm
-            lm = FrozenLM.from_pretrained(b.name_or_path, dtype=b.dtype, revision=b.revision)
+            lm = FrozenLM.from_pretrained(b.name_or_path, dtype=b.dtype, revision=b.revision, gguf_file=b.gguf_file)
         return cls(config, lm, **kwargs)
 
     def fingerprint(self) -> str:

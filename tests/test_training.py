@@ -359,3 +359,41 @@ def test_train_base_grows_the_vocabulary_when_a_phase_adds_number_tokens(tmp_pat
     lm = FrozenLM.from_pretrained(final, device="cpu")
     assert lm.model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert lm.generate(["Question: In what year was Varn born?\nAnswer:"], max_new_tokens=3)
+
+
+def test_train_base_with_lora_writes_a_small_adapter_that_loads_as_the_warmed_lm(tiny_lm_dir, tmp_path):
+    """``--lora-rank``: only the adapter trains; ``final/`` is a float16 peft adapter that loads (merged) as the
+    warmed LM, and a MAC checkpoint made on it refuses the bare base LM."""
+    from safetensors.torch import load_file
+
+    from mac_memory.config import AmortizerConfig, BaseLMConfig, MACConfig
+    from mac_memory.errors import BaseModelMismatchError
+
+    pytest.importorskip("peft")
+    base_files = {p.name: p.read_bytes() for p in tiny_lm_dir.iterdir() if p.is_file()}
+    cfg = BaseTrainConfig(out=str(tmp_path / "qa"), from_pretrained=str(tiny_lm_dir), lora_rank=4,
+                          world_entities=30, steps=6, batch_size=4, eval_every=3, warmup=1, max_length=128,
+                          lr=1e-2)
+    final = train_base(cfg)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in final.iterdir()}
+    assert not (final / "model.safetensors").exists()
+    tensors = load_file(final / "adapter_model.safetensors")
+    assert tensors and all("lora_" in name and t.dtype == torch.float16 for name, t in tensors.items())
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_lm_dir)
+    assert {p.name: p.read_bytes() for p in tiny_lm_dir.iterdir() if p.is_file()} == base_files  # base untouched
+    assert "rag_gold_f1" in _log(tmp_path / "qa" / "log.jsonl")[2]
+    assert (tmp_path / "qa" / "curves.png").is_file()
+
+    bare = FrozenLM.from_pretrained(tiny_lm_dir, device="cpu")
+    warmed = FrozenLM.from_pretrained(final, device="cpu")  # the adapter names its base: one path loads both
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert not torch.allclose(bare.model(ids).logits, warmed.model(ids).logits)
+    assert warmed.weights_source()["adapter_sha256"] and not bare.weights_source()["adapter_sha256"]
+
+    mac = MACModel(MACConfig(base_lm=BaseLMConfig(str(final)), amortizer=AmortizerConfig(num_tokens=2, d_mem=16)),
+                   warmed)
+    mac.save_pretrained(tmp_path / "ckpt")
+    assert MACModel.from_pretrained(tmp_path / "ckpt").lm.weights_source() == warmed.weights_source()
+    with pytest.raises(BaseModelMismatchError, match="adapter"):
+        MACModel.from_pretrained(tmp_path / "ckpt", lm=bare)

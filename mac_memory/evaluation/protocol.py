@@ -73,7 +73,11 @@ class EvalConfig:
     or synthetic:fresh (limit_docs, default 2,000, new people written with that world's cities and companies,
     from a stream no training command reads: a held-out stream of any length)."""
     checkpoint: str | None = None
-    """MAC checkpoint directory; unset = the project's default checkpoint."""
+    """MAC checkpoint directory; unset = the project's default checkpoint (or none, with base_lm)."""
+    base_lm: str | None = None
+    """Without a checkpoint: the base LM (any name ``FrozenLM.from_pretrained`` takes, e.g.
+    ``smollm2-135m-instruct-qa``) that the methods needing no MAC networks run on: no_memory, rag,
+    rag_gold, online_ft."""
     methods: tuple[str, ...] | None = METHODS
     """Methods to run: no_memory mac_gold mac mac_full rag rag_gold online_ft (None = all)."""
     k: int = 4
@@ -118,6 +122,9 @@ class EvalConfig:
     """Random seed (question sample, online fine-tuning)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
+    mixed_precision: str = "auto"
+    """Autocast for every method's passes: 'auto' (bf16 on a GPU, and on a CPU where it measures faster),
+    'no', 'bf16' or 'fp16'."""
 
     def __post_init__(self) -> None:
         if self.methods is None:
@@ -166,6 +173,16 @@ class EvalConfig:
                                   "(or leave it unset for uncompressed memory tokens).")
         if not (isinstance(self.ft_lr, (int, float)) and self.ft_lr > 0):
             raise ConfigError(f"EvalConfig.ft_lr={self.ft_lr!r} is invalid: must be > 0.")
+        from ..precision import check_mode
+
+        check_mode(self.mixed_precision, "EvalConfig.mixed_precision")
+        if self.base_lm is not None:
+            if self.checkpoint is not None:
+                raise ConfigError("EvalConfig: give checkpoint or base_lm, not both (a checkpoint names its base LM).")
+            needs_mac = sorted(_MAC_METHODS & set(self.methods))
+            if needs_mac:
+                raise ConfigError(f"EvalConfig.methods {needs_mac} need MAC networks: give a checkpoint, or run "
+                                  f"only {[m for m in METHODS if m not in _MAC_METHODS]} with base_lm.")
         if not isinstance(self.data, str) or not self.data.strip():
             raise ConfigError(
                 f"EvalConfig.data={self.data!r} is invalid: give a JSONL path or synthetic:<split>."
@@ -310,10 +327,11 @@ def fit_rag_prompts(
 class _Protocol:
     """One evaluation run: the stream, the shared memory/index built on first use, one method at a time."""
 
-    def __init__(self, config: EvalConfig, mac: MACModel, documents: list[Document], embedder: Any) -> None:
+    def __init__(self, config: EvalConfig, mac: MACModel | None, documents: list[Document], embedder: Any,
+                 lm: FrozenLM | None = None) -> None:
         self.config = config
-        self.mac = mac
-        self.lm: FrozenLM = mac.lm
+        self.mac = mac  # None when only the methods without MAC networks run
+        self.lm: FrozenLM = mac.lm if mac is not None else lm
         self.docs = documents
         self.embedder = embedder
         items = [_Item(i, qa) for i, doc in enumerate(documents) for qa in doc.qas]
@@ -469,26 +487,32 @@ class _Protocol:
     def _rag(
         self, items: list[_Item], doc_ids: Callable[[list[_Item], int], list[list[int]]], desc: str
     ) -> list[str]:
+        texts = [[self.docs[j].context for j in ids] for ids in doc_ids(items, 0)]
+        prompts = fit_rag_prompts(self.lm, texts, [it.qa.question for it in items], self.config.max_new_tokens)
+        return self._generate_by_length(self.lm, prompts, desc)
+
+    def _generate_by_length(self, lm: FrozenLM, prompts: list[str], desc: str) -> list[str]:
+        """Cleaned answers to ``prompts``, generated in batches of similar length (documents in the prompt
+        vary several-fold in length; padding every batch to its longest would waste most of the compute)."""
+        from tqdm.auto import tqdm
+
         from ..prompts import clean_answer
 
-        def answer(batch: list[_Item], offset: int) -> list[str]:
-            texts = [[self.docs[j].context for j in ids] for ids in doc_ids(batch, offset)]
-            prompts = fit_rag_prompts(
-                self.lm, texts, [it.qa.question for it in batch], self.config.max_new_tokens
-            )
-            return [
-                clean_answer(t) for t in self.lm.generate(prompts, max_new_tokens=self.config.max_new_tokens)
-            ]
-
-        return self._batched(items, self.config.batch_size, answer, desc)
+        lengths = [len(ids) for ids in lm.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+        out = [""] * len(prompts)
+        size = self.config.batch_size
+        for start in tqdm(range(0, len(order), size), desc=desc, unit="batch", leave=False):
+            rows = order[start : start + size]
+            texts = lm.generate([prompts[i] for i in rows], max_new_tokens=self.config.max_new_tokens)
+            for i, text in zip(rows, texts, strict=True):
+                out[i] = clean_answer(text)
+        return out
 
     def _closed_book(self, lm: FrozenLM, items: list[_Item], desc: str) -> list[str]:
-        return self._batched(
-            items,
-            self.config.batch_size,
-            lambda b, _: lm.answer([it.qa.question for it in b], max_new_tokens=self.config.max_new_tokens),
-            desc,
-        )
+        from ..prompts import format_question
+
+        return self._generate_by_length(lm, [format_question(it.qa.question) for it in items], desc)
 
     # ------------------------------------------------------------------ the methods
     def run_method(self, method: str) -> tuple[list[str], dict[str, float]]:
@@ -642,6 +666,7 @@ def evaluate(
     mac: MACModel | None = None,
     documents: list[Document] | None = None,
     embedder: Any = None,
+    lm: FrozenLM | None = None,
 ) -> dict[str, Any]:
     """Run the protocol and return the report dict (written to ``config.out`` when it is set).
 
@@ -651,8 +676,11 @@ def evaluate(
             ``config.checkpoint``.
         documents: the stream; default: loaded from ``config.data`` (``limit_docs`` applies either way).
         embedder: retrieval embedder, any object with ``embed(list[str]) -> np.ndarray``; default MiniLM.
+        lm: without MAC methods, the base LM to run on instead of ``config.base_lm`` (and of a MAC model).
     """
     import torch
+
+    from .. import precision
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -663,30 +691,44 @@ def evaluate(
         documents, data = list(documents)[: config.limit_docs], "<documents passed to evaluate()>"
     if not documents:
         raise DataFormatError(f"The stream {data!r} has no documents.")
-    if mac is None:
-        mac = load_mac(config)
+    needs_mac = bool(_MAC_METHODS & set(config.methods))
+    if lm is not None and needs_mac and mac is None:
+        raise ConfigError(f"evaluate(lm=...) runs no MAC method; {sorted(_MAC_METHODS & set(config.methods))} "
+                          "need a MAC model (mac=...).")
+    if mac is None and lm is None:
+        if config.base_lm is not None:
+            from ..frozen_lm import FrozenLM
+
+            lm = FrozenLM.from_pretrained(config.base_lm, device=config.device)
+        else:
+            mac = load_mac(config)
+    base = mac.lm if mac is not None else lm
+    amp = precision.resolve(config.mixed_precision, base.device)
     if embedder is None and _RETRIEVAL_METHODS & set(config.methods):
         from .retrieval import default_embedder
 
         embedder = default_embedder(config.threads or None)
-    was_training = mac.training
-    mac.eval()
+    module = mac if mac is not None else base.model
+    was_training = module.training
+    module.eval()
     try:
-        protocol = _Protocol(config, mac, documents, embedder)
-        report = protocol.run()
+        protocol = _Protocol(config, mac, documents, embedder, lm=base)
+        with precision.autocast(amp, base.device):
+            report = protocol.run()
     finally:
-        mac.train(was_training)
+        module.train(was_training)
     report["config"] = {
         **config.to_dict(),
         "data": data,
-        "checkpoint_fingerprint": mac.fingerprint(),
-        "base_lm": mac.lm.name_or_path,
+        "checkpoint_fingerprint": None if mac is None else mac.fingerprint(),
+        "base_lm": base.name_or_path,
+        "mixed_precision_used": amp,
         "n_documents": len(documents),
         "n_questions": len(protocol.items),
         "retention_first_used": protocol.retention_first,
         "retention_questions": len(protocol.retention_items),
         "embedder": None if embedder is None else type(getattr(embedder, "inner", embedder)).__name__,
-        "device_used": str(mac.device),
+        "device_used": str(base.device),
     }
     if config.out:
         from .report import write_report

@@ -104,6 +104,18 @@ class BaseTrainConfig:
     """Tokens per example."""
     eval_every: int = 500
     """Steps between reading checks and checkpoints."""
+    lora_rank: int = 0
+    """With ``from_pretrained``: train a LoRA adapter of this rank (peft) instead of the whole LM; the
+    checkpoints and ``final/`` are then small adapter directories that load as the base LM itself
+    (``FrozenLM.from_pretrained(out/final)`` merges the adapter into its base). 0 = full fine-tune."""
+    lora_alpha: float = 0.0
+    """LoRA scaling numerator (0 = twice the rank)."""
+    lora_targets: str = "all-linear"
+    """Comma-separated module names the LoRA adapter wraps (e.g. ``q_proj,v_proj``), or ``all-linear``."""
+    mixed_precision: str = "auto"
+    """'auto' (bf16 autocast on a GPU, and on a CPU where it measures faster), 'no', 'bf16' or 'fp16'."""
+    reading_docs: int = 48
+    """Held-out documents of the reading check (two questions each)."""
     threads: int = 0
     """torch CPU threads (0 = torch's default)."""
     seed: int = 0
@@ -320,13 +332,35 @@ def _fits_untruncated(tokenizer, max_length: int) -> Callable[[str], bool]:
 
 
 def weighted_lm_loss(model, input_ids, attention_mask, weights) -> torch.Tensor:
+    """Weighted next-token NLL. Only positions whose next token has a weight are projected onto the
+    vocabulary: with answer-only weights (``text_weight`` 0) that skips most of the vocabulary projection,
+    a fifth of a 135M LM's training compute with a 49k vocabulary."""
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # right for either padding side
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                   use_cache=False).logits[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                            input_ids[:, 1:].reshape(-1), reduction="none")
-    w = weights[:, 1:].reshape(-1)
-    return (nll * w).sum() / w.sum().clamp(min=1.0)
+    w = weights[:, 1:]
+    scored = w > 0  # (B, L-1): positions whose next token counts
+    decoder = _decoder_of(model)
+    if decoder is None:  # a model whose body and vocabulary head cannot be reached separately
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                       use_cache=False).logits[:, :-1][scored]
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=False).last_hidden_state[:, :-1]  # (B, L-1, hidden)
+        logits = model.get_output_embeddings()(hidden[scored])  # (n_scored, vocab)
+    nll = torch.nn.functional.cross_entropy(logits.float(), input_ids[:, 1:][scored], reduction="none")
+    return (nll * w[scored]).sum() / w.sum().clamp(min=1.0)
+
+
+def _decoder_of(model):
+    """The transformer body of a HF causal LM (``model.model``, ``model.transformer``...), under a peft
+    wrapper too; None when it has no separate body and vocabulary head."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    if body is None or body is inner or inner.get_output_embeddings() is None:
+        return None
+    config = inner.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None  # the head does more than the projection (Gemma 2, Cohere): use the model's own logits
+    return body
 
 
 @torch.no_grad()
@@ -340,6 +374,7 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
     from ..frozen_lm import FrozenLM
 
     was_training, padding_side = model.training, tokenizer.padding_side
+    trainable = [p for p in model.parameters() if p.requires_grad]
     lm = FrozenLM(model, tokenizer, "in-training")  # switches to eval, frozen, left padding: undone below
     questions = [(d, d.qas[(2 * i + j) % len(d.qas)]) for i, d in enumerate(docs) if d.qas
                  for j in range(min(2, len(d.qas)))]
@@ -359,46 +394,106 @@ def reading_check(model, tokenizer, docs: list[Document], max_new_tokens: int = 
                      for _, qa in questions]
             out.update({f"rag_gold_f1/{kind}": sc.f1 for kind, sc in score_by_group(preds, refs, kinds).items()})
     model.train(was_training)
-    model.requires_grad_(True)
+    for p in trainable:  # a LoRA run trains its adapter only: the rest stays frozen
+        p.requires_grad_(True)
     tokenizer.padding_side = padding_side
     return out
 
 
+def _load_pretrained(cfg: BaseTrainConfig, resume_from: Path | None):
+    """The LM to warm up (any name :meth:`FrozenLM.from_pretrained` takes), wrapped in a LoRA adapter when
+    ``lora_rank`` is set (resumed from ``resume_from``'s adapter if given)."""
+    from ..frozen_lm import FrozenLM
+
+    lm = FrozenLM.from_pretrained(cfg.from_pretrained, device="cpu")
+    model, tokenizer = lm.model, lm.tokenizer
+    model.requires_grad_(True)
+    if not cfg.lora_rank:
+        return model, tokenizer
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_from is not None:
+        model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+    else:
+        targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [
+            t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=0.0,
+            target_modules=targets, task_type="CAUSAL_LM"))
+    # The adapter names its base as the user did (a short name resolves on any machine; a path would not).
+    model.peft_config["default"].base_model_name_or_path = cfg.from_pretrained
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("LoRA rank %d on %s: %.2fM trainable parameters", cfg.lora_rank, cfg.lora_targets, trainable / 1e6)
+    return model, tokenizer
+
+
+def _save(model, tokenizer, path: Path, lora: bool) -> None:
+    """An HF model directory, or (LoRA) an adapter directory in float16 that loads as the warmed LM."""
+    if lora:
+        model.save_pretrained(path, safe_serialization=True)
+        _to_float16(path / "adapter_model.safetensors")
+        return
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _to_float16(file: Path) -> None:
+    """Store an adapter's weights in float16 (half the bytes; merged into a float32 LM, the difference is
+    far below what a warm-up step changes)."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
+    save_file(tensors, str(file), metadata={"format": "pt"})
+
+
 def train_base(cfg: BaseTrainConfig) -> Path:
-    """Run base-LM preparation; returns the directory of the final model (HF format, safetensors)."""
+    """Run base-LM preparation; returns the directory of the final model (HF format, safetensors), or of
+    the final adapter with ``lora_rank``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .. import precision
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.number_tokens:
         number_range(cfg.number_tokens)  # a malformed range fails before anything is loaded or written
+    if cfg.lora_rank and not cfg.from_pretrained:
+        raise ConfigError("lora_rank needs from_pretrained: a LoRA adapter warms up an existing LM.")
+    if cfg.lora_rank and cfg.number_tokens:
+        raise ConfigError("number_tokens grows the vocabulary, which a LoRA adapter cannot carry; "
+                          "use a full fine-tune (lora_rank 0).")
+    if cfg.lora_rank < 0:
+        raise ConfigError(f"lora_rank must be >= 0, got {cfg.lora_rank}.")
+    amp = precision.resolve(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     world = _training_world(cfg)
     if cfg.val_file:
-        val_world = [d for d in load_stream(cfg.val_file) if d.qas][:48]
+        val_world = [d for d in load_stream(cfg.val_file) if d.qas][: cfg.reading_docs]
     else:
-        val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"][:48]
+        val_world = generate_world(WorldConfig(seed=cfg.world_seed, n_entities=cfg.world_entities))["val"]
+        val_world = val_world[: cfg.reading_docs]
     start_step = 0
     resume_from = latest_checkpoint(out) if cfg.resume else None
     if resume_from is not None:
-        model = AutoModelForCausalLM.from_pretrained(resume_from)
-        tokenizer = AutoTokenizer.from_pretrained(resume_from)
         state = json.loads((resume_from / "trainer_state.json").read_text())
         start_step = state["step"]
         logger.info("Resuming from %s (step %d)", resume_from, start_step)
-    elif cfg.from_pretrained:
-        model = AutoModelForCausalLM.from_pretrained(cfg.from_pretrained)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.from_pretrained)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+    if cfg.from_pretrained and (cfg.lora_rank or resume_from is None):
+        model, tokenizer = _load_pretrained(cfg, resume_from)
+    elif resume_from is not None:
+        model = AutoModelForCausalLM.from_pretrained(resume_from)
+        tokenizer = AutoTokenizer.from_pretrained(resume_from)
     else:
         model, tokenizer = _build_from_scratch(cfg, world)
+    model = model.to(device)
     grown = add_number_tokens(model, tokenizer, cfg.number_tokens) if cfg.number_tokens else 0
     tokenizer.padding_side = "right"
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     if resume_from is not None and (resume_from / "optimizer.pt").is_file():
         if grown:  # the embedding's moments no longer fit; a warm restart begins from fresh ones
             logger.info("Vocabulary grew by %d tokens: the optimizer starts afresh", grown)
@@ -413,43 +508,70 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     stream = example_stream(cfg, world, fresh_seed=100_000 + cfg.seed * 1000 + start_step,
                             progress=lambda: current[0] / cfg.curriculum_steps if cfg.curriculum_steps else 1.0,
                             fits=_fits_untruncated(tokenizer, cfg.max_length))
-    log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train-base")
     tokens_seen, t0 = 0, time.time()
-    for step in bar:
-        current[0] = step
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        total = 0.0
-        for _ in range(cfg.grad_accum):
-            examples = [next(stream) for _ in range(cfg.batch_size)]
-            ids, mask, weights = _batch(tokenizer, examples, cfg.max_length, cfg.answer_weight, cfg.text_weight)
-            loss = weighted_lm_loss(model, ids, mask, weights) / cfg.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-            tokens_seen += int(mask.sum())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tokens_seen / (time.time() - t0):.0f}")
-        record = {"step": step + 1, "loss": total, "lr": lr_at(step)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            model.eval()
-            record.update(reading_check(model, tokenizer, val_world))
-            model.train()
-            ckpt = out / f"step-{step + 1}"
-            model.save_pretrained(ckpt)
-            tokenizer.save_pretrained(ckpt)
-            torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
-            (ckpt / "trainer_state.json").write_text(json.dumps({"step": step + 1}))
-            for old in step_checkpoints(out)[:-2]:
-                shutil.rmtree(old)
-            logger.info("step %d: %s", step + 1, {k: round(v, 3) for k, v in record.items()})
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+    with (out / "log.jsonl").open("a") as log:
+        for step in bar:
+            current[0] = step
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            total = 0.0
+            for _ in range(cfg.grad_accum):
+                examples = [next(stream) for _ in range(cfg.batch_size)]
+                ids, mask, weights = _batch(tokenizer, examples, cfg.max_length, cfg.answer_weight, cfg.text_weight)
+                with precision.autocast(amp, device):
+                    loss = weighted_lm_loss(model, ids.to(device), mask.to(device), weights.to(device))
+                loss = loss / cfg.grad_accum
+                loss.backward()
+                total += float(loss.detach())
+                tokens_seen += int(mask.sum())
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{tokens_seen / (time.time() - t0):.0f}")
+            record = {"step": step + 1, "loss": total, "lr": lr_at(step), "seconds": time.time() - t0}
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                model.eval()
+                with precision.autocast(amp, device):
+                    record.update(reading_check(model, tokenizer, val_world))
+                model.train()
+                ckpt = out / f"step-{step + 1}"
+                _save(model, tokenizer, ckpt, bool(cfg.lora_rank))
+                torch.save(optimizer.state_dict(), ckpt / "optimizer.pt")
+                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step + 1}))
+                for old in step_checkpoints(out)[:-2]:
+                    shutil.rmtree(old)
+                logger.info("step %d: %s", step + 1, {k: round(v, 3) for k, v in record.items()})
+            log.write(json.dumps(record) + "\n")
+            log.flush()
     final = out / "final"
     model.eval()
-    model.save_pretrained(final)
     tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(final)
+    _save(model, tokenizer, final, bool(cfg.lora_rank))
+    _plot_log(out / "log.jsonl", out / "curves.png")
     return final
+
+
+def _plot_log(log: Path, png: Path) -> None:
+    """Training loss and the reading check's F1 against steps (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
+    ax_loss.set(xlabel="step", ylabel="training loss (weighted NLL)", title="loss")
+    checks = [r for r in records if "rag_gold_f1" in r]
+    for key, label in (("rag_gold_f1", "document in the prompt"), ("no_memory_f1", "no document")):
+        ax_f1.plot([r["step"] for r in checks], [r[key] for r in checks], marker="o", label=label)
+    ax_f1.set(xlabel="step", ylabel="F1 (held-out reading check)", title="reading check", ylim=(0, 100))
+    ax_f1.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

@@ -110,7 +110,8 @@ class MetaTrainConfig:
     lm_dropout: bool = False
     """Keep the base LM's dropout on during training (the paper does; weights stay frozen)."""
     mixed_precision: str = "auto"
-    """'auto' (bf16 on a GPU, none on CPU), 'no', 'bf16' or 'fp16'."""
+    """'auto' (bf16 on a GPU, and on a CPU where bf16 autocast measures faster: see mac_memory.precision),
+    'no', 'bf16' or 'fp16'."""
     eval_every: int = 200
     """Steps between validation and checkpoints."""
     eval_questions: int = 128
@@ -267,9 +268,9 @@ def train_mac(cfg: MetaTrainConfig) -> Path:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    precision = cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    from .. import precision as amp
+
+    precision = amp.resolve(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out = Path(cfg.out)
