@@ -30,6 +30,7 @@ import torch
 import torch.utils.checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .base_lms import converted_gguf, file_sha256, plain_model, resolve_base_lm
 from .errors import BaseModelLoadError, BaseModelMismatchError, MissingDependencyError, check_texts
 from .prefix import PrefixKV, prefixed_mask, prefixed_positions
 from .prompts import clean_answer, format_qa, format_question
@@ -101,14 +102,10 @@ class FrozenLM:
         ``"smollm2-135m-instruct"`` (see :mod:`mac_memory.base_lms`). ``adapter`` merges a peft adapter
         (e.g. LoRA) into the weights before they are frozen.
         """
-        from .base_lms import resolve_base_lm
-
         source = resolve_base_lm(name_or_path, gguf_file=gguf_file, adapter=adapter)
         path, loading, provenance = source.path, {"revision": revision}, {}
         if source.gguf_file is not None:
             if source.gguf_path.is_file():  # a local file: load its cached, converted copy
-                from .base_lms import converted_gguf, file_sha256
-
                 sha = file_sha256(source.gguf_path)
                 path, provenance = str(converted_gguf(source.gguf_path, sha)), {"gguf_sha256": sha}
             else:  # a file in a hub repository
@@ -122,8 +119,6 @@ class FrozenLM:
                 "GGUF file must hold an architecture transformers can dequantize (llama, qwen2, mistral, "
                 "gpt2, ...); upgrading transformers may add support.") from exc
         if "gguf_file" in loading:
-            from .base_lms import plain_model
-
             model = plain_model(model)
         if source.adapter is not None:
             model = _merged(model, source.adapter)
@@ -181,10 +176,11 @@ class FrozenLM:
             source = self.source
             found: dict[str, Any] = {"format": "transformers", "adapter_sha256": None}
             if source is not None and source.gguf_file is not None:
-                sha = self._provenance.get("gguf_sha256") or _file_sha256(source.gguf_path)
+                local = source.gguf_path.is_file()  # a file in a hub repository sits in transformers' cache
+                sha = self._provenance.get("gguf_sha256") or (file_sha256(source.gguf_path) if local else None)
                 found.update(format="gguf", gguf_file=source.gguf_file, gguf_sha256=sha)
             if source is not None and source.adapter is not None:
-                found["adapter_sha256"] = _file_sha256(Path(source.adapter) / "adapter_model.safetensors")
+                found["adapter_sha256"] = file_sha256(Path(source.adapter) / "adapter_model.safetensors")
             self._weights_source = found
         return self._weights_source
 
@@ -373,16 +369,6 @@ class FrozenLM:
         prompts = [format_question(q) for q in questions]
         texts = self.generate(prompts, prefix, max_new_tokens=max_new_tokens, num_beams=num_beams)
         return [clean_answer(t) for t in texts]
-
-
-def _file_sha256(path: Path | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None  # e.g. a GGUF file named in a hub repository: transformers keeps it in its own cache
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe_source(source: dict[str, Any]) -> str:

@@ -397,3 +397,22 @@ def test_train_base_with_lora_writes_a_small_adapter_that_loads_as_the_warmed_lm
     assert MACModel.from_pretrained(tmp_path / "ckpt").lm.weights_source() == warmed.weights_source()
     with pytest.raises(BaseModelMismatchError, match="adapter"):
         MACModel.from_pretrained(tmp_path / "ckpt", lm=bare)
+
+
+def test_the_token_after_each_answer_is_weighted_so_the_lm_learns_to_stop(tiny_lm_dir):
+    """Answer-only training (``text_weight`` 0) must still teach where an answer ends: the line break before the
+    next question and the final end token carry the answer's weight; nothing else does."""
+    from transformers import AutoTokenizer
+
+    from mac_memory.training.base_lm import _batch
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
+    text = "The tower is tall.\n\nQuestion: Who built it?\nAnswer: Ada Vell\nQuestion: How tall?\nAnswer: 120 metres"
+    answers = ["Ada Vell", "120 metres"]
+    ids, mask, weights = _batch(tokenizer, [(text, answers)], 128, answer_weight=4.0, text_weight=0.0)
+    picked = (weights[0] == 4.0).nonzero().flatten().tolist()
+    assert set(weights[0].tolist()) == {0.0, 4.0}
+    # Each answer and the token that ends it: the line break, then the end token.
+    assert tokenizer.decode(ids[0, picked], skip_special_tokens=True) == "Ada Vell\n120 metres"
+    last = int(mask[0].sum()) - 1
+    assert picked[-1] == last and ids[0, last] == tokenizer.eos_token_id

@@ -35,7 +35,7 @@ from ..data.stream import Document, load_stream
 from ..data.synthetic import WorldConfig, generate_world, iter_documents
 from ..errors import ConfigError, DataFormatError
 from ..prompts import format_qa, format_with_documents
-from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
+from .schedule import latest_checkpoint, plot_log, step_checkpoints, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +307,8 @@ def _build_from_scratch(cfg: BaseTrainConfig, world: list[Document]):
 def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, answer_weight: float,
            text_weight: float = 1.0):
     """Right-padded ids, mask and per-token loss weights (answers ``answer_weight``, other tokens
-    ``text_weight``, padding 0)."""
+    ``text_weight``, padding 0). The token right after an answer (the line break before the next question,
+    or the end token) counts as part of it: that is where the LM learns to stop answering."""
     eos = tokenizer.eos_token
     enc = tokenizer([t + eos for t, _ in examples], return_tensors="pt", padding=True, truncation=True,
                     max_length=max_length, return_offsets_mapping=True)
@@ -320,9 +321,10 @@ def _batch(tokenizer, examples: list[tuple[str, list[str]]], max_length: int, an
             if pos < 0:
                 continue
             lo, hi = pos + len("Answer: "), pos + len("Answer: ") + len(ans)
-            for j, (a, b) in enumerate(offsets):
-                if b > lo and a < hi:
-                    weights[row, j] = answer_weight
+            span = [j for j, (a, b) in enumerate(offsets) if b > lo and a < hi]
+            if span and span[-1] + 1 < len(offsets) and enc["attention_mask"][row, span[-1] + 1]:
+                span.append(span[-1] + 1)  # the terminator: stop here
+            weights[row, span] = answer_weight
     return enc["input_ids"], enc["attention_mask"], weights
 
 
@@ -427,11 +429,13 @@ def _load_pretrained(cfg: BaseTrainConfig, resume_from: Path | None):
     return model, tokenizer
 
 
-def _save(model, tokenizer, path: Path, lora: bool) -> None:
-    """An HF model directory, or (LoRA) an adapter directory in float16 that loads as the warmed LM."""
+def _save(model, tokenizer, path: Path, lora: bool, final: bool = False) -> None:
+    """An HF model directory, or (LoRA) an adapter directory that loads as the warmed LM: float32 in the
+    step checkpoints a run resumes from, float16 in ``final/`` (the copy that ships)."""
     if lora:
         model.save_pretrained(path, safe_serialization=True)
-        _to_float16(path / "adapter_model.safetensors")
+        if final:
+            _to_float16(path / "adapter_model.safetensors")
         return
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -547,31 +551,7 @@ def train_base(cfg: BaseTrainConfig) -> Path:
     final = out / "final"
     model.eval()
     tokenizer.padding_side = "left"
-    _save(model, tokenizer, final, bool(cfg.lora_rank))
-    _plot_log(out / "log.jsonl", out / "curves.png")
+    _save(model, tokenizer, final, bool(cfg.lora_rank), final=True)
+    plot_log(out / "log.jsonl", out / "curves.png", "weighted NLL", "reading check (held-out F1)",
+             (("rag_gold_f1", "document in the prompt"), ("no_memory_f1", "no document")))
     return final
-
-
-def _plot_log(log: Path, png: Path) -> None:
-    """Training loss and the reading check's F1 against steps (skipped without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    if not records:
-        return
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
-    ax_loss.set(xlabel="step", ylabel="training loss (weighted NLL)", title="loss")
-    checks = [r for r in records if "rag_gold_f1" in r]
-    for key, label in (("rag_gold_f1", "document in the prompt"), ("no_memory_f1", "no document")):
-        ax_f1.plot([r["step"] for r in checks], [r[key] for r in checks], marker="o", label=label)
-    ax_f1.set(xlabel="step", ylabel="F1 (held-out reading check)", title="reading check", ylim=(0, 100))
-    ax_f1.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)

@@ -35,7 +35,7 @@ from ..data.synthetic import WorldConfig, generate_world
 from ..evaluation.metrics import score_predictions
 from ..frozen_lm import FrozenLM
 from ..model import MACModel
-from .schedule import latest_checkpoint, step_checkpoints, warmup_cosine
+from .schedule import latest_checkpoint, plot_log, step_checkpoints, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -367,23 +367,5 @@ def _save_step(mac: MACModel, optimizer, scheduler, out: Path, step: int, rng: r
 
 def plot_curves(log_path: Path, png: Path) -> None:
     """Training loss and validation F1 against steps, from the JSONL log."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - plotting is optional
-        logger.warning("matplotlib is not installed; skipping %s", png)
-        return
-    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax1.plot([r["step"] for r in records], [r["loss"] for r in records], lw=0.8)
-    ax1.set(xlabel="step", ylabel="answer NLL", title="training loss")
-    evals = [r for r in records if "val_gold_f1" in r]
-    for key, label in (("val_gold_f1", "gold document"), ("val_batch_f1", "batch as memory")):
-        ax2.plot([r["step"] for r in evals], [r[key] for r in evals], marker="o", label=label)
-    ax2.set(xlabel="step", ylabel="F1", title="validation F1")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    plot_log(log_path, png, "answer NLL", "validation F1",
+             (("val_gold_f1", "gold document"), ("val_batch_f1", "batch as memory")))
