@@ -24,7 +24,8 @@ run warmed-k1 --base-lm smollm2-135m-instruct-qa --methods no_memory rag_gold ra
 # The rest on smaller fixed samples (what one 2-core session allowed; the same commands take --max-questions 1000).
 SMALL=(--data "$D/squad_seq_test.jsonl.gz" --no-retention --threads 2)
 run zero-shot --base-lm smollm2-135m-instruct --methods no_memory rag_gold --max-questions 300 "${SMALL[@]}"
-for lr in 1e-5 3e-5 1e-4; do  # online fine-tuning ("Uniform"): its learning rate, chosen on validation
+run warmed-k4 --base-lm smollm2-135m-instruct-qa --methods rag --k 4 --max-questions 200 "${SMALL[@]}"
+for lr in 1e-4 1e-5; do  # online fine-tuning ("Uniform"): its learning rate, chosen on validation
   run "online-ft-val-lr$lr" --base-lm smollm2-135m-instruct-qa --methods no_memory online_ft --ft-lr "$lr" \
       --data "$D/squad_seq_val.jsonl.gz" --limit-docs 100 --max-questions 200 --no-retention --threads 2
 done
@@ -32,5 +33,4 @@ for mp in no bf16; do  # what bf16 autocast does to F1 and speed on this CPU (sa
   run "precision-$mp" --base-lm smollm2-135m-instruct-qa --methods rag_gold --mixed-precision "$mp" \
       --max-questions 50 "${SMALL[@]}"
 done
-run warmed-k4 --base-lm smollm2-135m-instruct-qa --methods rag --k 4 --max-questions 200 "${SMALL[@]}"
 date; echo done
