@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from .base_lms import file_sha256 as _sha256
 from .config import MACConfig
 from .errors import CheckpointError, ConfigError
 from .frozen_lm import FrozenLM
@@ -41,14 +42,6 @@ CONFIG_FILE = "mac_config.json"
 WEIGHTS_FILE = "mac_model.safetensors"
 MANIFEST_FILE = "mac_manifest.json"
 BACKBONE_DIR = "backbone"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def state_fingerprint(model: torch.nn.Module) -> str:

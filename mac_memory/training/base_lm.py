@@ -468,8 +468,8 @@ def train_base(cfg: BaseTrainConfig) -> Path:
                           "use a full fine-tune (lora_rank 0).")
     if cfg.lora_rank < 0:
         raise ConfigError(f"lora_rank must be >= 0, got {cfg.lora_rank}.")
-    amp = precision.resolve(cfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    amp = precision.resolve(cfg.mixed_precision, device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     world = _training_world(cfg)

@@ -88,9 +88,9 @@ A third gold-memory MAC phase (lr 1e-3, seed 2) was still gaining on the stronge
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("MAC_MEMORY_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mac-memory")
-    return Path(root) / VERSION
+    from ..base_lms import cache_root
+
+    return cache_root() / VERSION
 
 
 def _complete(paths: DefaultPaths) -> bool:
