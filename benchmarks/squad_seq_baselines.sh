@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The baselines of docs/results.md "Real text (SQuAD-Seq)": the QA-warmed SmolLM2 on the SQuAD-Seq test
-# stream (1,000 fixed questions), the zero-shot one, online fine-tuning's learning-rate sweep on the
-# validation stream, a bf16-vs-float32 check and RAG with 4 documents. Reports (JSON + Markdown + PNG) go to docs/results/squad-seq/.
+# stream (the same 1,000 fixed questions for every row), the zero-shot one, online fine-tuning's learning-rate
+# sweep on the validation stream and its run on the test stream, RAG with 4 documents and a bf16-vs-float32 check. Reports (JSON + Markdown + PNG) go to docs/results/squad-seq/.
 #   bash benchmarks/squad_seq_baselines.sh [DATA_DIR]     (default ../shared/data/squad-seq)
 # Steps run in order and each is skipped when its report exists (delete it to re-run).
 set -euo pipefail
@@ -21,14 +21,16 @@ run() {  # run NAME ARGS...: one eval, unless its report is already there
 }
 
 run warmed-k1 --base-lm smollm2-135m-instruct-qa --methods no_memory rag_gold rag --k 1 "${TEST[@]}"
-# The rest on smaller fixed samples (what one 2-core session allowed; the same commands take --max-questions 1000).
-SMALL=(--data "$D/squad_seq_test.jsonl.gz" --no-retention --threads 2)
-run zero-shot --base-lm smollm2-135m-instruct --methods no_memory rag_gold --max-questions 300 "${SMALL[@]}"
-run warmed-k4 --base-lm smollm2-135m-instruct-qa --methods rag --k 4 --max-questions 200 "${SMALL[@]}"
 for lr in 1e-4 1e-5; do  # online fine-tuning ("Uniform"): its learning rate, chosen on validation
   run "online-ft-val-lr$lr" --base-lm smollm2-135m-instruct-qa --methods no_memory online_ft --ft-lr "$lr" \
       --data "$D/squad_seq_val.jsonl.gz" --limit-docs 100 --max-questions 200 --no-retention --threads 2
 done
+# online fine-tuning at the chosen rate over the whole test stream, with retention of the first 200 documents
+run online-ft-test --base-lm smollm2-135m-instruct-qa --methods online_ft --ft-lr 1e-4 --retention \
+    --data "$D/squad_seq_test.jsonl.gz" --max-questions 1000 --threads 2
+run warmed-k4 --base-lm smollm2-135m-instruct-qa --methods rag --k 4 "${TEST[@]}"
+run zero-shot --base-lm smollm2-135m-instruct --methods no_memory rag_gold "${TEST[@]}"
+SMALL=(--data "$D/squad_seq_test.jsonl.gz" --no-retention --threads 2)
 for mp in no bf16; do  # what bf16 autocast does to F1 and speed on this CPU (same 50 questions)
   run "precision-$mp" --base-lm smollm2-135m-instruct-qa --methods rag_gold --mixed-precision "$mp" \
       --max-questions 50 "${SMALL[@]}"
