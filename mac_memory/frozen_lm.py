@@ -21,7 +21,9 @@ import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from .base_lms import converted_gguf, file_sha256, plain_model, resolve_base_lm
 from .errors import BaseModelLoadError, BaseModelMismatchError, MissingDependencyError, check_texts
@@ -56,6 +59,24 @@ class KVLayout:
     def kv_dim(self) -> int:
         """Width of one layer's keys (or values) for one position: ``num_kv_heads * head_dim``."""
         return self.num_kv_heads * self.head_dim
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar: loading a frozen LM takes a second, a bar on every load is noise."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _cache_of(output: Any) -> Any:
+    """The key/value cache of a model output (``cache`` since transformers 5.x, ``past_key_values`` before)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def kv_layout_from_config(config: Any) -> KVLayout:
@@ -90,6 +111,9 @@ class FrozenLM:
         # where the model allows it (a third of GPT-2-small's compute on a 150-token document).
         self._skips_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._read_kwargs = {"logits_to_keep": 1} if self._skips_logits else {}
+        # transformers 5.x renamed the key/value cache argument `past_key_values` to `cache` (the old name
+        # is deprecated, to be removed from forward in 5.40); use whichever this version's model takes.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str = "float32", device: str | None = None,
@@ -111,8 +135,9 @@ class FrozenLM:
             else:  # a file in a hub repository
                 loading["gguf_file"] = source.gguf_file
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **loading)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], **loading, **model_kwargs)
+            with _quiet_loading():
+                tokenizer = AutoTokenizer.from_pretrained(path, **loading)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype], **loading, **model_kwargs)
         except (ValueError, KeyError) as exc:  # transformers' word for "this architecture/file is not mine"
             raise BaseModelLoadError(
                 f"transformers cannot load {name_or_path!r} as a causal LM ({exc}). Check the name or path; a "
@@ -146,7 +171,7 @@ class FrozenLM:
         with torch.no_grad():
             one = torch.ones(1, 1, dtype=torch.long, device=self.device)
             out = self.model(input_ids=one * 0, attention_mask=one, use_cache=True)
-        layers = out.past_key_values.layers
+        layers = _cache_of(out).layers
         shapes = {(layer.keys.shape[1], layer.keys.shape[3]) for layer in layers}
         if len(layers) != layout.num_layers or shapes != {(layout.num_kv_heads, layout.head_dim)}:
             raise BaseModelMismatchError(
@@ -257,7 +282,7 @@ class FrozenLM:
         positions = prefixed_positions(attention_mask, input_ids.shape[1])
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
                          use_cache=True, **self._read_kwargs)
-        layers = out.past_key_values.layers
+        layers = _cache_of(out).layers
         keys = torch.stack([layer.keys for layer in layers])  # (n_layers, B, n_kv_heads, L, head_dim)
         values = torch.stack([layer.values for layer in layers])
         return PrefixKV(keys, values, attention_mask)
@@ -275,9 +300,9 @@ class FrozenLM:
             input_ids=input_ids,
             attention_mask=full_mask,
             position_ids=prefixed_positions(full_mask, input_ids.shape[1]),
-            past_key_values=prefix.to_cache(self.model.config, self.dtype, self.device),
             labels=labels,
             use_cache=False,
+            **{self._cache_arg: prefix.to_cache(self.model.config, self.dtype, self.device)},
             **kwargs,
         )
 
@@ -349,7 +374,7 @@ class FrozenLM:
             n = max(num_beams, num_return_sequences)
             if n > 1:
                 cache.batch_repeat_interleave(n)  # generate() expands its inputs but not a user cache
-            kwargs.update(past_key_values=cache, attention_mask=prefixed_mask(prefix, attention_mask))
+            kwargs.update({self._cache_arg: cache, "attention_mask": prefixed_mask(prefix, attention_mask)})
         else:
             kwargs.update(attention_mask=attention_mask)
         out = self.model.generate(input_ids=input_ids, **kwargs)
@@ -385,7 +410,9 @@ def _merged(model: PreTrainedModel, adapter: str) -> PreTrainedModel:
         raise MissingDependencyError("Merging an adapter needs peft: pip install 'mac-memory[train]' "
                                      "(or pip install peft)") from None
     try:
-        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        with warnings.catch_warnings():  # peft <= 0.21 reads transformers' deprecated alias; not ours to fix
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            return PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise BaseModelLoadError(f"Cannot merge the adapter {adapter} into this base LM ({exc}); it was made "
                                  "for another base LM, or its files are damaged.") from exc

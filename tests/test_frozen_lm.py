@@ -303,3 +303,35 @@ def test_a_negative_recompute_chunk_is_refused(lms):
     lm = lms["llama"]
     with pytest.raises(ValueError, match="recompute_chunk"):
         lm.answer_loss(["Who?"], ["Kado"], _read(lm, CONTEXTS[:1]), recompute_chunk=-1)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_our_calls_into_transformers_are_not_deprecated_and_loading_is_quiet(tiny_paths, family, capfd):
+    """Loading, reading, a prefixed forward/loss and prefixed generation: no deprecation warning from
+    transformers (its renamed arguments disappear in later releases, and MAC's injection path rides on
+    them) and no progress bar printed on every load."""
+    import logging
+    import warnings
+
+    logging.Logger.warning_once.cache_clear()  # transformers logs each deprecation once per process
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            lm = FrozenLM.from_pretrained(tiny_paths[family], device="cpu")
+            prefix = _read(lm, CONTEXTS)
+            ids, mask = lm.tokenize(PROMPTS)
+            lm.forward(ids, mask, prefix)
+            lm.answer_loss(PROMPTS, ["France", "Kado", "contexts"], prefix)
+            lm.generate(PROMPTS, prefix, max_new_tokens=2)
+            lm.generate(PROMPTS, prefix, max_new_tokens=2, num_beams=2)
+    finally:
+        hf_logger.removeHandler(handler)
+    deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    deprecations += [r.getMessage() for r in records if "deprecat" in r.getMessage().lower()]
+    assert deprecations == []
+    assert "Loading weights" not in capfd.readouterr().err
